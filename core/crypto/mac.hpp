@@ -1,0 +1,19 @@
+#pragma once
+// HMAC-SHA-256 and constant-time comparison.
+
+#include <array>
+#include <cstdint>
+#include <span>
+
+namespace vmcrypt {
+
+using Mac = std::array<std::uint8_t, 32>;
+
+Mac hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> message);
+
+bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b);
+
+// SHA-256 of a message (for layout fingerprints and test helpers, not for secrets).
+std::array<std::uint8_t, 32> sha256(std::span<const std::uint8_t> message);
+
+}  // namespace vmcrypt

@@ -1,0 +1,17 @@
+#pragma once
+// A fast 64-bit non-cryptographic hash of a 512-byte unit, used by the crash journal only to tell a
+// unit's old content from its new content. The journal's MAC stops forgery, so collision resistance
+// against an attacker is not needed; with 64 bits the chance that a rewritten unit matches its old hash
+// is about 2^-64 per unit.
+
+#include <cstdint>
+#include <span>
+
+namespace vmcrypt {
+
+std::uint64_t unit_hash(std::span<const std::uint8_t> unit);
+
+// Hashes data.size() / 512 consecutive units into out (which must be that long).
+void hash_units(std::span<const std::uint8_t> data, std::span<std::uint64_t> out);
+
+}  // namespace vmcrypt

@@ -1,0 +1,95 @@
+#pragma once
+// The format boundary: what a disk format gives the rewrite engine and the CLI.
+//
+// A format (formats/vmdk, later formats/qcow2) parses and validates all of its metadata when the disk is
+// opened, so that every later step works on checked values. core/ knows no format; it only sees DataRun
+// lists, the encryption record as key/value fields, and byte-exact metadata writes it can journal.
+
+#include "core/io/file.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace vmcrypt {
+
+// A contiguous byte range of one file that holds guest data and nothing else.
+struct DataRun {
+    std::size_t file_index = 0;       // index into Disk::files()
+    std::uint64_t host_offset = 0;    // bytes, a multiple of 512
+    std::uint64_t length = 0;         // bytes, a multiple of 512
+    std::uint64_t first_sector = 0;   // XTS tweak (sector number) of the run's first 512-byte unit
+
+    bool operator==(const DataRun&) const = default;
+};
+
+// The encryption record as ordered key/value pairs, without any format prefix ("cipher", "keySlot.0", ...).
+// Keys are [A-Za-z0-9.]+ and values printable ASCII without '"', so every format can store them as text.
+using RecordFields = std::vector<std::pair<std::string, std::string>>;
+
+// A byte-exact metadata update that the engine journals before applying, so it can be redone after a crash.
+struct MetadataWrite {
+    std::size_t file_index = 0;
+    std::uint64_t offset = 0;
+    std::vector<std::uint8_t> bytes;
+    std::optional<std::uint64_t> truncate_to;  // set for a separate descriptor file that shrinks
+};
+
+struct ExtentInfo {
+    std::string file;                 // as the descriptor names it; empty for a ZERO extent
+    std::string type;                 // SPARSE, FLAT, VMFS, ZERO, ...
+    std::string access;               // RW, RDONLY, NOACCESS
+    std::uint64_t guest_offset = 0;   // bytes
+    std::uint64_t size = 0;           // guest bytes covered
+    std::uint64_t file_size = 0;      // bytes of the extent file on the host
+    std::uint64_t allocated = 0;      // bytes of guest data actually stored (allocated grains, data regions)
+};
+
+struct DiskRelations {
+    std::vector<std::string> parents;   // parent files this disk reads through (backing chain)
+    std::vector<std::string> children;  // files in the same folder that name this disk as their parent
+};
+
+class Disk {
+public:
+    virtual ~Disk() = default;
+
+    virtual std::string format() const = 0;     // "vmdk"
+    virtual std::string subformat() const = 0;  // the VMDK createType
+    virtual std::uint64_t capacity() const = 0; // guest bytes
+
+    // Every file of the disk, the metadata (descriptor) file first, each file opened once.
+    virtual std::vector<File*> files() = 0;
+
+    // Guest data ranges, in guest order, merged where host and guest are both contiguous. Excludes all
+    // metadata, unallocated and zeroed grains, ZERO extents and host holes in flat extents.
+    virtual std::vector<DataRun> data_runs() const = 0;
+
+    // Name of the tweak rule recorded in the record: "guest-sector" for VMDK.
+    virtual std::string tweak_rule() const = 0;
+
+    // vmcrypt's record fields, or nullopt when the disk has none (plaintext).
+    virtual std::optional<RecordFields> record() const = 0;
+
+    // The write that would store `fields` (or remove the record when nullopt). Throws InvalidInput when
+    // it does not fit (an embedded descriptor that would outgrow its reserved sectors).
+    virtual MetadataWrite record_update(const std::optional<RecordFields>& fields) const = 0;
+
+    // Writes and syncs an update from record_update() (or one replayed from the journal), then re-reads
+    // the metadata so record() reflects it. The disk must be open read-write.
+    virtual void apply(const MetadataWrite& update) = 0;
+
+    virtual DiskRelations relations() const = 0;
+
+    // A description of encryption by another product (VMware's encryptionKeys= or vmwarevmcrypt I/O
+    // filter), or nullopt. Such a disk is never treated as plaintext.
+    virtual std::optional<std::string> foreign_encryption() const = 0;
+
+    virtual std::vector<ExtentInfo> extents() const = 0;
+};
+
+}  // namespace vmcrypt

@@ -1,0 +1,14 @@
+#pragma once
+// Named fault-injection points for crash tests.
+//
+// VMCRYPT_FAULT="NAME:COUNT:ACTION" makes the COUNT-th pass through fault point NAME either kill the
+// process with SIGKILL (ACTION "kill", a crash at a known place) or throw IoError (ACTION "eio", a failed
+// write). Unset, a fault point costs one branch. The points are listed in vmcrypt(1) under ENVIRONMENT.
+
+#include <string_view>
+
+namespace vmcrypt {
+
+void fault_point(std::string_view name);
+
+}  // namespace vmcrypt

@@ -1,0 +1,96 @@
+#pragma once
+// The crash journal of an unfinished operation: "<metadata file>.vmcrypt-journal", next to the disk's
+// descriptor, present exactly while an operation is unfinished.
+//
+// Layout: an 8 KiB header written once (through a temporary file and rename), then two entry slots
+// written alternately, each with a sequence number and an HMAC-SHA-256 keyed from the DEK. The newest entry
+// whose MAC verifies is the current one, so a torn entry write falls back to the previous entry, which
+// describes a window whose data was already synced. Entry MACs also cover a random journal id, so entries
+// cannot be moved between journals.
+
+#include "core/crypto/secure.hpp"
+#include "core/disk.hpp"
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+namespace vmcrypt {
+
+enum class Operation : std::uint32_t { encrypt = 1, decrypt = 2 };
+
+std::string to_string(Operation operation);
+
+enum class JournalPhase : std::uint32_t {
+    metadata = 1,  // the start metadata write is pending; no data has been rewritten
+    window = 2,    // one window is being rewritten; windows before it are done
+    finalize = 3,  // all data is done; the final metadata write is pending
+};
+
+struct JournalHeader {
+    Operation operation = Operation::encrypt;
+    std::uint64_t window_size = 0;
+    std::uint64_t total_bytes = 0;
+    std::array<std::uint8_t, 32> layout_digest{};
+    RecordFields record;  // the record whose key slots unlock the DEK, for a resume
+    std::uint64_t slot_size = 0;
+    std::array<std::uint8_t, 16> journal_id{};
+};
+
+struct JournalEntry {
+    std::uint64_t sequence = 0;
+    JournalPhase phase = JournalPhase::metadata;
+    std::uint64_t window_start = 0;   // stream position (bytes)
+    std::uint64_t window_length = 0;
+    std::vector<std::uint64_t> unit_hashes;  // unit_hash of each 512-byte unit's old content
+    std::optional<MetadataWrite> metadata;   // for the metadata and finalize phases
+};
+
+// What inspect can read without a key: the header and the newest well-formed entry, unauthenticated.
+struct JournalSummary {
+    JournalHeader header;
+    std::optional<JournalEntry> newest;
+};
+
+class Journal {
+public:
+    static std::filesystem::path path_for(const std::filesystem::path& metadata_file);
+
+    // Reads the journal without a key, for inspect and to find the record to unlock. nullopt when there is
+    // no journal file. Throws InvalidInput when the file is not a vmcrypt journal.
+    static std::optional<JournalSummary> peek(const std::filesystem::path& path);
+
+    // Creates the journal durably with its first entry (atomic: temporary file, fsync, rename, fsync of
+    // the folder). max_metadata_bytes bounds every metadata write the entries will carry.
+    static Journal create(const std::filesystem::path& path, JournalHeader header, const JournalEntry& first,
+                          std::size_t max_metadata_bytes, const SecureBytes& dek);
+
+    // Opens an existing journal and verifies the header MAC; throws InvalidInput on forgery or damage.
+    static Journal open(const std::filesystem::path& path, const SecureBytes& dek);
+
+    const JournalHeader& header() const { return header_; }
+
+    // The newest entry whose MAC verifies; later appends continue from its sequence number. Throws
+    // InvalidInput when neither slot holds one.
+    JournalEntry newest() const;
+
+    // Writes the entry into the older slot and syncs it (fdatasync). entry.sequence is set here.
+    void append(JournalEntry& entry);
+
+    // Deletes the journal and syncs the folder: the operation is complete.
+    void remove();
+
+    Journal(Journal&&) noexcept;
+    Journal& operator=(Journal&&) noexcept;
+    ~Journal();
+
+private:
+    Journal();
+    struct State;
+    std::unique_ptr<State> state_;
+    JournalHeader header_;
+};
+
+}  // namespace vmcrypt

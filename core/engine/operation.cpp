@@ -1,0 +1,225 @@
+#include "core/engine/operation.hpp"
+
+#include "core/crypto/random.hpp"
+#include "core/crypto/xts.hpp"
+#include "core/error.hpp"
+#include "core/io/locks.hpp"
+#include "core/record/encryption_record.hpp"
+
+#include <algorithm>
+#include <set>
+
+namespace vmcrypt {
+
+namespace {
+
+std::string join(const std::vector<std::string>& items, const std::string& separator)
+{
+    std::string text;
+    for (const std::string& item : items)
+        text += (text.empty() ? "" : separator) + item;
+    return text;
+}
+
+std::string slot_summary(const KeySlot& slot)
+{
+    auto kek = slot.params.find("kek");
+    return slot.type + (kek != slot.params.end() ? " kek=" + kek->second : "");
+}
+
+SecureBytes new_dek()
+{
+    // XTS forbids equal key halves; a random 64-byte key has them with probability 2^-256, but check.
+    for (;;) {
+        SecureBytes dek = random_bytes(xts_key_size);
+        if (!std::equal(dek.begin(), dek.begin() + 32, dek.begin() + 32))
+            return dek;
+    }
+}
+
+// Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
+void check_relations(Disk& disk, const std::string& where)
+{
+    if (auto foreign = disk.foreign_encryption())
+        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
+                             "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");
+
+    DiskRelations relations = disk.relations();
+    if (!relations.parents.empty())
+        throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
+                             "; merge the chain first with: vmcrypt consolidate-snapshots " + where);
+    if (!relations.children.empty())
+        throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
+                             " names it as parent); merge them first with: vmcrypt consolidate-snapshots " +
+                             relations.children.front());
+}
+
+std::string resume_command(Operation operation, const std::filesystem::path& path)
+{
+    return "vmcrypt " + to_string(operation) + " " + path.string();
+}
+
+}  // namespace
+
+void lock_disk(Disk& disk)
+{
+    for (File* file : disk.files()) {
+        if (auto lock_folder = find_vmware_lock(file->path()))
+            throw DiskInUse(file->path().string() + ": VMware lock folder " + lock_folder->string() +
+                            " exists, so a VMware product has the disk open; power off the VM (or remove a stale "
+                            "lock folder) and retry");
+    }
+    for (File* file : disk.files())
+        lock_exclusive(*file);
+}
+
+SecureBytes unlock_dek(const RecordFields& fields, KeySources& sources, const std::string& where)
+{
+    EncryptionRecord record = EncryptionRecord::from_fields(fields, where);
+
+    std::set<std::string> slot_types;
+    for (const KeySlot& slot : record.key_slots)
+        slot_types.insert(slot.type);
+
+    std::optional<Error> first_failure;
+    for (auto& source : sources) {
+        for (const KeySlot& slot : record.key_slots) {
+            if (slot.type != source->slot_type())
+                continue;
+            try {
+                SecureBytes dek = source->unseal(slot);
+                if (dek.size() != xts_key_size)
+                    throw InvalidInput(where + ": the unwrapped DEK is " + std::to_string(dek.size()) +
+                                       " bytes, expected 64");
+                record.verify_mac(dek, where);
+                return dek;
+            } catch (const WrongKey& e) {
+                if (!first_failure)
+                    first_failure = e;
+            } catch (const KeyUnavailable& e) {
+                if (!first_failure)
+                    first_failure = e;
+            }
+        }
+    }
+    if (first_failure)
+        throw *first_failure;
+
+    std::vector<std::string> given;
+    for (auto& source : sources)
+        given.push_back(source->slot_type());
+    throw KeyUnavailable(where + ": no given key source matches the disk's key slots (disk has: " +
+                         join({slot_types.begin(), slot_types.end()}, ", ") + "; given: " +
+                         (given.empty() ? std::string("none") : join(given, ", ")) +
+                         "); pass --key-file, --passphrase-file or --keystore accordingly");
+}
+
+OperationReport run_operation(Operation operation, const std::filesystem::path& disk_path, KeySources& sources,
+                              RewriteOptions options, const DiskOpener& opener)
+{
+    std::error_code ec;
+    if (!std::filesystem::exists(disk_path, ec))
+        throw InvalidInput(disk_path.string() + ": no such file; check the disk path");
+    const std::filesystem::path path = std::filesystem::weakly_canonical(disk_path);
+    const std::string where = disk_path.string();
+    options.resume_command = resume_command(operation, disk_path);
+
+    OperationReport report;
+    report.disk = disk_path;
+    report.operation = operation;
+
+    // An unfinished operation: resume it, or refuse another command on the disk.
+    const std::filesystem::path journal_path = Journal::path_for(path);
+    if (std::optional<JournalSummary> summary = Journal::peek(journal_path)) {
+        Operation unfinished = summary->header.operation;
+        if (unfinished != operation)
+            throw Interrupted(where + ": an unfinished " + to_string(unfinished) + " is recorded in " +
+                              journal_path.string() + "; finish it first with: " + resume_command(unfinished, disk_path));
+
+        SecureBytes dek = unlock_dek(summary->header.record, sources, where);
+        Journal journal = Journal::open(journal_path, dek);
+        JournalEntry newest = journal.newest();
+        if (newest.phase != JournalPhase::window)
+            replay_metadata(path, *newest.metadata);
+
+        std::unique_ptr<Disk> disk = opener(path, Access::read_write);
+        lock_disk(*disk);
+
+        EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);
+        std::optional<RecordFields> final_fields;
+        if (operation == Operation::encrypt) {
+            record.state = RecordState::encrypted;
+            record.seal(dek);
+            final_fields = record.to_fields();
+        }
+        for (const KeySlot& slot : record.key_slots)
+            report.key_slots.push_back(slot_summary(slot));
+
+        RewriteEngine engine(*disk, dek, options);
+        report.result = engine.resume(std::move(journal), disk->record_update(final_fields));
+        return report;
+    }
+
+    std::unique_ptr<Disk> disk = opener(path, Access::read_write);
+    lock_disk(*disk);
+    check_relations(*disk, where);
+
+    std::optional<RecordFields> fields = disk->record();
+    if (fields) {
+        EncryptionRecord current = EncryptionRecord::from_fields(*fields, where);
+        if (current.state != RecordState::encrypted)
+            throw InvalidInput(where + ": the encryption record says \"" + to_string(current.state) +
+                               "\" but the journal " + journal_path.string() +
+                               " is missing, so the interrupted operation cannot be finished; restore the "
+                               "journal file");
+    }
+
+    RewritePlan plan;
+    plan.operation = operation;
+    SecureBytes dek;
+    if (operation == Operation::encrypt) {
+        if (fields)
+            throw WrongDiskState(where + ": the disk is already encrypted by vmcrypt; nothing to do "
+                                 "(use `vmcrypt inspect` to see its key slots)");
+        if (sources.empty())
+            throw UsageError("encrypt: no key source given");
+        for (auto& source : sources)
+            source->check_ready();
+
+        dek = new_dek();
+        EncryptionRecord record;
+        record.tweak = disk->tweak_rule();
+        for (auto& source : sources)
+            record.key_slots.push_back(source->seal(dek));
+        record.state = RecordState::encrypting;
+        record.seal(dek);
+        plan.start_metadata = disk->record_update(record.to_fields());
+        plan.journal_record = record.to_fields();
+
+        record.state = RecordState::encrypted;
+        record.seal(dek);
+        plan.final_metadata = disk->record_update(record.to_fields());
+        for (const KeySlot& slot : record.key_slots)
+            report.key_slots.push_back(slot_summary(slot));
+    } else {
+        if (!fields)
+            throw WrongDiskState(where + ": the disk is not encrypted by vmcrypt (no ddb.vmcrypt record); "
+                                 "nothing to decrypt");
+        dek = unlock_dek(*fields, sources, where);
+
+        EncryptionRecord record = EncryptionRecord::from_fields(*fields, where);
+        record.state = RecordState::decrypting;
+        record.seal(dek);
+        plan.start_metadata = disk->record_update(record.to_fields());
+        plan.journal_record = record.to_fields();
+        plan.final_metadata = disk->record_update(std::nullopt);
+        for (const KeySlot& slot : record.key_slots)
+            report.key_slots.push_back(slot_summary(slot));
+    }
+
+    RewriteEngine engine(*disk, dek, options);
+    report.result = engine.start(plan);
+    return report;
+}
+
+}  // namespace vmcrypt

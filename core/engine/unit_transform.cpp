@@ -1,0 +1,84 @@
+#include "core/engine/unit_transform.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace vmcrypt {
+
+bool is_zero_unit(std::span<const std::uint8_t> unit)
+{
+    std::uint64_t accumulated = 0;
+    for (std::size_t i = 0; i + 8 <= unit.size(); i += 8) {
+        std::uint64_t word;
+        std::memcpy(&word, unit.data() + i, 8);
+        accumulated |= word;
+    }
+    return accumulated == 0;
+}
+
+namespace {
+
+// Transforms units [first_unit, end_unit) of the window buffer.
+void transform_range(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+                     const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
+                     std::uint64_t first_unit, std::uint64_t end_unit)
+{
+    auto apply = [&](std::uint64_t unit, std::uint64_t count, std::uint64_t sector) {
+        std::span<std::uint8_t> data = buffer.subspan(unit * 512, count * 512);
+        if (direction == Direction::encrypt)
+            cipher.encrypt_units(data, sector);
+        else
+            cipher.decrypt_units(data, sector);
+    };
+
+    for (const RunSegment& segment : segments) {
+        std::uint64_t segment_first = segment.buffer_offset / 512;
+        std::uint64_t segment_end = segment_first + segment.length / 512;
+        std::uint64_t begin = std::max(segment_first, first_unit);
+        std::uint64_t end = std::min(segment_end, end_unit);
+
+        // Group consecutive units that need the transform into one batched call.
+        std::uint64_t group_start = begin;
+        std::uint64_t group_length = 0;
+        for (std::uint64_t unit = begin; unit < end; ++unit) {
+            bool wanted = (selected.empty() || selected[unit]) &&
+                          !is_zero_unit(buffer.subspan(unit * 512, 512));
+            if (wanted) {
+                if (group_length == 0)
+                    group_start = unit;
+                ++group_length;
+                continue;
+            }
+            if (group_length > 0)
+                apply(group_start, group_length, segment.first_sector + (group_start - segment_first));
+            group_length = 0;
+        }
+        if (group_length > 0)
+            apply(group_start, group_length, segment.first_sector + (group_start - segment_first));
+    }
+}
+
+}  // namespace
+
+void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
+                      unsigned threads)
+{
+    std::uint64_t units = buffer.size() / 512;
+    threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(units / 64 + 1)));
+
+    std::vector<std::thread> workers;
+    std::uint64_t per_thread = (units + threads - 1) / threads;
+    for (unsigned t = 1; t < threads; ++t) {
+        std::uint64_t first = std::min(units, t * per_thread);
+        std::uint64_t end = std::min(units, first + per_thread);
+        workers.emplace_back(transform_range, std::cref(cipher), direction, buffer, std::cref(segments),
+                             std::cref(selected), first, end);
+    }
+    transform_range(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread));
+    for (std::thread& worker : workers)
+        worker.join();
+}
+
+}  // namespace vmcrypt

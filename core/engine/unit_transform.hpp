@@ -1,0 +1,25 @@
+#pragma once
+// Applying XTS to the units of a window, with the zero-unit rule: a unit whose input is all zero bytes is
+// left as zeros in both directions. So plaintext zeros stay zeros (thin and sparse disks stay thin) and
+// stored zeros read as zero plaintext. An all-zero ciphertext of a non-zero plaintext unit has probability
+// 2^-4096 and is not handled.
+
+#include "core/crypto/xts.hpp"
+#include "core/engine/run_stream.hpp"
+
+#include <span>
+#include <vector>
+
+namespace vmcrypt {
+
+enum class Direction { encrypt, decrypt };
+
+bool is_zero_unit(std::span<const std::uint8_t> unit);
+
+// Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
+// whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
+void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
+                      unsigned threads);
+
+}  // namespace vmcrypt

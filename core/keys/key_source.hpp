@@ -1,0 +1,35 @@
+#pragma once
+// A key source seals the DEK into a key slot and unseals it again. The local key store, key files and
+// passphrases implement it now; the KMIP client plugs in the same way.
+
+#include "core/crypto/secure.hpp"
+#include "core/keys/key_slot.hpp"
+
+#include <optional>
+#include <string>
+
+namespace vmcrypt {
+
+class KeySource {
+public:
+    virtual ~KeySource() = default;
+
+    // The slot type this source writes and reads ("keystore", "key-file", "passphrase").
+    virtual std::string slot_type() const = 0;
+
+    // A phrase for messages, e.g. "key file /etc/kek.bin". Never contains a secret.
+    virtual std::string description() const = 0;
+
+    // Checks that sealing can work (permissions, readable files) without changing anything. Runs before
+    // the first write to the disk.
+    virtual void check_ready() = 0;
+
+    // Wraps the DEK into a new slot. May create a KEK (the key store does), durably, before returning.
+    virtual KeySlot seal(const SecureBytes& dek) = 0;
+
+    // Unwraps the DEK from a slot of this source's type. Throws WrongKey (UnwrapFailed) when the key does
+    // not match and KeyUnavailable when the KEK cannot be found.
+    virtual SecureBytes unseal(const KeySlot& slot) = 0;
+};
+
+}  // namespace vmcrypt

@@ -1,0 +1,39 @@
+#pragma once
+// Parsed command-line options shared by the subcommands.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace vmcrypt::cli {
+
+enum class ProgressMode { automatic, bar, json, none };
+
+struct GlobalOptions {
+    bool json = false;
+    bool quiet = false;
+    int verbose = 0;
+    std::string progress = "auto";
+};
+
+struct KeyOptions {
+    std::optional<std::string> key_file;
+    std::optional<std::string> passphrase_file;
+    std::optional<int> passphrase_fd;
+    bool passphrase_prompt = false;
+    std::optional<std::string> keystore;
+    std::optional<std::string> kek_id;
+    std::uint32_t pbkdf_memory_kib = 65536;
+    std::uint32_t pbkdf_iterations = 3;
+    std::uint32_t pbkdf_parallel = 1;
+};
+
+struct RewriteCommandOptions {
+    std::string disk;
+    KeyOptions keys;
+    std::uint64_t window_mib = 16;
+};
+
+ProgressMode progress_mode(const GlobalOptions& global);
+
+}  // namespace vmcrypt::cli

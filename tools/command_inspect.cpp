@@ -1,0 +1,207 @@
+// inspect: a read-only report. Every file is opened O_RDONLY; nothing is created, written or locked.
+
+#include "core/engine/journal.hpp"
+#include "core/error.hpp"
+#include "core/io/locks.hpp"
+#include "core/record/encryption_record.hpp"
+#include "formats/open_disk.hpp"
+#include "tools/commands.hpp"
+#include "tools/progress_reporter.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+namespace vmcrypt::cli {
+
+namespace {
+
+using nlohmann::json;
+
+json describe_encryption(Disk& disk, const std::string& where)
+{
+    if (auto foreign = disk.foreign_encryption())
+        return {{"state", "encrypted"}, {"by", "vmware"}, {"detail", *foreign}};
+
+    std::optional<RecordFields> fields = disk.record();
+    if (!fields)
+        return {{"state", "plaintext"}};
+
+    json result = {{"by", "vmcrypt"}};
+    try {
+        EncryptionRecord record = EncryptionRecord::from_fields(*fields, where);
+        result["state"] = to_string(record.state);
+        result["cipher"] = record.cipher;
+        result["unitSize"] = record.unit_size;
+        result["tweak"] = record.tweak;
+        result["zeroUnits"] = record.zero_units;
+        result["recordMac"] = "not verified (needs the key)";
+        json slots = json::array();
+        for (std::size_t i = 0; i < record.key_slots.size(); ++i) {
+            const KeySlot& slot = record.key_slots[i];
+            json entry = {{"index", i}, {"type", slot.type}};
+            for (const auto& [name, value] : slot.params)
+                entry[name == "kek" ? "kekId" : name] = value;
+            slots.push_back(entry);
+        }
+        result["keySlots"] = slots;
+    } catch (const Error& e) {
+        result["state"] = "invalid";
+        result["error"] = e.what();
+    }
+    return result;
+}
+
+json describe_operation(const std::filesystem::path& metadata_file)
+{
+    std::filesystem::path journal_path = Journal::path_for(metadata_file);
+    std::optional<JournalSummary> summary;
+    try {
+        summary = Journal::peek(journal_path);
+    } catch (const Error& e) {
+        return {{"journal", journal_path.string()}, {"error", e.what()}};
+    }
+    if (!summary)
+        return nullptr;
+
+    std::uint64_t done = 0;
+    std::string phase = "unknown";
+    if (summary->newest) {
+        switch (summary->newest->phase) {
+        case JournalPhase::metadata:
+            phase = "starting";
+            done = 0;
+            break;
+        case JournalPhase::window:
+            phase = "rewriting";
+            done = summary->newest->window_start;
+            break;
+        case JournalPhase::finalize:
+            phase = "finishing";
+            done = summary->header.total_bytes;
+            break;
+        }
+    }
+    return {{"operation", to_string(summary->header.operation)},
+            {"phase", phase},
+            {"bytesDone", done},
+            {"bytesTotal", summary->header.total_bytes},
+            {"windowSize", summary->header.window_size},
+            {"journal", journal_path.string()},
+            {"authenticated", false}};
+}
+
+void print_text(const json& report)
+{
+    std::printf("disk:       %s\n", report["disk"].get<std::string>().c_str());
+    std::printf("format:     %s (%s)\n", report["format"].get<std::string>().c_str(),
+                report["createType"].get<std::string>().c_str());
+    std::printf("capacity:   %s (%llu bytes)\n", format_bytes(report["capacity"]).c_str(),
+                static_cast<unsigned long long>(report["capacity"].get<std::uint64_t>()));
+    std::printf("extents:\n");
+    for (const json& extent : report["extents"])
+        std::printf("  %-6s %-6s %s: guest offset %llu, %s, file %s, allocated %s\n",
+                    extent["access"].get<std::string>().c_str(), extent["type"].get<std::string>().c_str(),
+                    extent["file"].get<std::string>().empty() ? "(no file)" : extent["file"].get<std::string>().c_str(),
+                    static_cast<unsigned long long>(extent["guestOffset"].get<std::uint64_t>()),
+                    format_bytes(extent["size"]).c_str(), format_bytes(extent["fileSize"]).c_str(),
+                    format_bytes(extent["allocated"]).c_str());
+
+    auto list = [](const json& items) {
+        std::string text;
+        for (const json& item : items)
+            text += (text.empty() ? "" : ", ") + item.get<std::string>();
+        return text.empty() ? std::string("none") : text;
+    };
+    std::printf("parents:    %s\n", list(report["parents"]).c_str());
+    std::printf("children:   %s\n", list(report["children"]).c_str());
+
+    const json& encryption = report["encryption"];
+    std::string state = encryption["state"];
+    if (encryption.contains("by") && encryption["by"] == "vmware") {
+        std::printf("encryption: encrypted by VMware (%s)\n", encryption["detail"].get<std::string>().c_str());
+    } else if (state == "plaintext") {
+        std::printf("encryption: none (plaintext)\n");
+    } else if (state == "invalid") {
+        std::printf("encryption: vmcrypt record is invalid: %s\n", encryption["error"].get<std::string>().c_str());
+    } else {
+        std::printf("encryption: vmcrypt, %s\n", state.c_str());
+        std::printf("  cipher:   %s, %u-byte units, tweak %s, zero units stored as zeros\n",
+                    encryption["cipher"].get<std::string>().c_str(), encryption["unitSize"].get<unsigned>(),
+                    encryption["tweak"].get<std::string>().c_str());
+        for (const json& slot : encryption["keySlots"]) {
+            std::string detail;
+            for (auto it = slot.begin(); it != slot.end(); ++it)
+                if (it.key() != "index" && it.key() != "type" && it.key() != "salt")
+                    detail += " " + it.key() + "=" + (it->is_string() ? it->get<std::string>() : it->dump());
+            std::printf("  key slot %d: %s%s\n", slot["index"].get<int>(), slot["type"].get<std::string>().c_str(),
+                        detail.c_str());
+        }
+    }
+
+    const json& operation = report["unfinishedOperation"];
+    if (!operation.is_null()) {
+        if (operation.contains("error"))
+            std::printf("unfinished: journal %s is unreadable: %s\n", operation["journal"].get<std::string>().c_str(),
+                        operation["error"].get<std::string>().c_str());
+        else
+            std::printf("unfinished: %s, %s of %s done (journal %s); run the same command to resume\n",
+                        operation["operation"].get<std::string>().c_str(), format_bytes(operation["bytesDone"]).c_str(),
+                        format_bytes(operation["bytesTotal"]).c_str(), operation["journal"].get<std::string>().c_str());
+    }
+    std::printf("in use:     %s\n", report["inUse"].is_null() ? "no" : report["inUse"].get<std::string>().c_str());
+}
+
+}  // namespace
+
+int run_inspect(const GlobalOptions& global, const std::string& disk_path)
+{
+    std::error_code ec;
+    if (!std::filesystem::exists(disk_path, ec))
+        throw InvalidInput(disk_path + ": no such file; check the disk path");
+    std::filesystem::path path = std::filesystem::weakly_canonical(disk_path);
+    std::unique_ptr<Disk> disk = open_disk(path, Access::read_only);
+
+    json extents = json::array();
+    for (const ExtentInfo& extent : disk->extents())
+        extents.push_back({{"file", extent.file},
+                           {"type", extent.type},
+                           {"access", extent.access},
+                           {"guestOffset", extent.guest_offset},
+                           {"size", extent.size},
+                           {"fileSize", extent.file_size},
+                           {"allocated", extent.allocated}});
+
+    json in_use = nullptr;
+    for (File* file : disk->files()) {
+        if (auto holder = find_lock_holder(*file)) {
+            in_use = file->path().filename().string() + ": " + *holder;
+            break;
+        }
+        if (auto folder = find_vmware_lock(file->path())) {
+            in_use = "VMware lock folder " + folder->string();
+            break;
+        }
+    }
+
+    DiskRelations relations = disk->relations();
+    json report = {{"schema", "vmcrypt-inspect/1"},
+                   {"disk", disk_path},
+                   {"format", disk->format()},
+                   {"createType", disk->subformat()},
+                   {"capacity", disk->capacity()},
+                   {"extents", extents},
+                   {"parents", relations.parents},
+                   {"children", relations.children},
+                   {"encryption", describe_encryption(*disk, disk_path)},
+                   {"unfinishedOperation", describe_operation(disk->files().front()->path())},
+                   {"inUse", in_use}};
+
+    if (global.json)
+        std::printf("%s\n", report.dump(2).c_str());
+    else if (!global.quiet)
+        print_text(report);
+    return 0;
+}
+
+}  // namespace vmcrypt::cli

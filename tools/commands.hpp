@@ -1,0 +1,14 @@
+#pragma once
+// The subcommands. Each returns the process exit code on success and throws vmcrypt::Error on failure.
+
+#include "tools/cli_options.hpp"
+
+#include <atomic>
+
+namespace vmcrypt::cli {
+
+int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop);
+int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop);
+int run_inspect(const GlobalOptions& global, const std::string& disk);
+
+}  // namespace vmcrypt::cli

@@ -1,0 +1,175 @@
+// vmcrypt: command-line wiring. Parses options with CLI11, sets up the process (no core dumps, signal
+// handling), runs one subcommand and turns its exception into one line on stderr and an exit code.
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "tools/commands.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#ifndef VMCRYPT_VERSION
+#define VMCRYPT_VERSION "0.1.0"
+#endif
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+
+extern "C" void request_stop(int)
+{
+    stop_requested.store(true);
+}
+
+// Keys live in this process's memory: keep them out of core dumps and away from ptrace by the same user.
+void protect_process()
+{
+    struct rlimit none {0, 0};
+    ::setrlimit(RLIMIT_CORE, &none);
+    ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    struct sigaction action {};
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, nullptr);
+    ::sigaction(SIGTERM, &action, nullptr);
+}
+
+void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool encrypting)
+{
+    auto* key_file = command.add_option("--key-file", keys.key_file,
+                                        "KEK file: 32 raw bytes or 64 hex digits")->check(CLI::ExistingFile);
+    auto* passphrase_file = command.add_option("--passphrase-file", keys.passphrase_file,
+                                               "read the passphrase from FILE (one trailing newline is dropped)");
+    auto* passphrase_fd = command.add_option("--passphrase-fd", keys.passphrase_fd,
+                                             "read the passphrase from file descriptor N until end of file");
+    auto* prompt = command.add_flag("--passphrase", keys.passphrase_prompt,
+                                    encrypting ? "ask for a passphrase on the terminal (twice)"
+                                               : "ask for the passphrase on the terminal");
+    passphrase_file->excludes(passphrase_fd)->excludes(prompt);
+    passphrase_fd->excludes(prompt);
+    (void)key_file;
+
+    command.add_option("--keystore", keys.keystore,
+                       "key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys)");
+    if (encrypting) {
+        command.add_option("--kek-id", keys.kek_id, "seal with this existing KEK (UUID) of the key store instead of "
+                                                    "creating a new one");
+        command.add_option("--pbkdf-memory", keys.pbkdf_memory_kib, "Argon2id memory cost in KiB (default 65536)")
+            ->check(CLI::Range(8u, 4u * 1024 * 1024));
+        command.add_option("--pbkdf-iterations", keys.pbkdf_iterations, "Argon2id time cost (default 3)")
+            ->check(CLI::Range(1u, 1000u));
+        command.add_option("--pbkdf-parallel", keys.pbkdf_parallel, "Argon2id lanes (default 1)")
+            ->check(CLI::Range(1u, 64u));
+    }
+}
+
+void add_global_options(CLI::App& app, vmcrypt::cli::GlobalOptions& global)
+{
+    app.add_flag("--json", global.json, "print the result as JSON on stdout (versioned schema, see vmcrypt(1))");
+    auto* quiet = app.add_flag("-q,--quiet", global.quiet, "print nothing but errors");
+    auto* verbose = app.add_flag("-v,--verbose", global.verbose, "log progress details to stderr (-vv: debug)");
+    quiet->excludes(verbose);
+    app.add_option("--progress", global.progress,
+                   "progress on stderr: auto (a line on a terminal), bar, json (JSON lines), none")
+        ->check(CLI::IsMember({"auto", "bar", "json", "none"}));
+}
+
+std::string one_line(std::string text)
+{
+    for (char& c : text)
+        if (c == '\n' || c == '\r')
+            c = ' ';
+    while (!text.empty() && text.back() == ' ')
+        text.pop_back();
+    return text;
+}
+
+int report_error(const vmcrypt::cli::GlobalOptions& global, int code, const std::string& message)
+{
+    std::fprintf(stderr, "vmcrypt: %s\n", one_line(message).c_str());
+    if (global.json) {
+        nlohmann::json error = {{"schema", "vmcrypt-error/1"}, {"exitCode", code}, {"error", one_line(message)}};
+        std::printf("%s\n", error.dump().c_str());
+    }
+    return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    protect_process();
+
+    vmcrypt::cli::GlobalOptions global;
+    vmcrypt::cli::RewriteCommandOptions encrypt_options;
+    vmcrypt::cli::RewriteCommandOptions decrypt_options;
+    std::string inspect_disk;
+
+    CLI::App app{"vmcrypt: encrypt VMDK disks offline and in place with AES-256-XTS", "vmcrypt"};
+    app.set_version_flag("--version", "vmcrypt " VMCRYPT_VERSION);
+    app.require_subcommand(1, 1);
+    add_global_options(app, global);
+
+    CLI::App* encrypt = app.add_subcommand("encrypt", "encrypt a plaintext disk in place (re-run to resume)");
+    encrypt->add_option("DISK", encrypt_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+        ->required();
+    add_key_options(*encrypt, encrypt_options.keys, true);
+    encrypt->add_option("--window-size", encrypt_options.window_mib,
+                        "MiB rewritten per crash-safe step (default 16)")->check(CLI::Range(1, 1024));
+
+    CLI::App* decrypt = app.add_subcommand("decrypt", "decrypt an encrypted disk in place (re-run to resume)");
+    decrypt->add_option("DISK", decrypt_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+        ->required();
+    add_key_options(*decrypt, decrypt_options.keys, false);
+    decrypt->add_option("--window-size", decrypt_options.window_mib,
+                        "MiB rewritten per crash-safe step (default 16)")->check(CLI::Range(1, 1024));
+
+    CLI::App* inspect = app.add_subcommand("inspect", "show a disk's format, extents, relations and encryption "
+                                                      "without writing anything");
+    inspect->add_option("DISK", inspect_disk, "the disk: a .vmdk descriptor or monolithic sparse file")->required();
+
+    for (CLI::App* command : {encrypt, decrypt, inspect})
+        command->fallthrough();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        return report_error(global, static_cast<int>(vmcrypt::ExitCode::usage),
+                            std::string(e.what()) + "; see vmcrypt --help");
+    }
+
+    if (global.verbose >= 2)
+        vmcrypt::set_log_level(vmcrypt::LogLevel::debug);
+    else if (global.verbose == 1)
+        vmcrypt::set_log_level(vmcrypt::LogLevel::info);
+    else if (global.quiet)
+        vmcrypt::set_log_level(vmcrypt::LogLevel::error);
+
+    try {
+        if (encrypt->parsed())
+            return vmcrypt::cli::run_encrypt(global, encrypt_options, stop_requested);
+        if (decrypt->parsed())
+            return vmcrypt::cli::run_decrypt(global, decrypt_options, stop_requested);
+        return vmcrypt::cli::run_inspect(global, inspect_disk);
+    } catch (const vmcrypt::Error& e) {
+        return report_error(global, static_cast<int>(e.code()), e.what());
+    } catch (const std::filesystem::filesystem_error& e) {
+        return report_error(global, static_cast<int>(vmcrypt::ExitCode::io_error), e.what());
+    } catch (const std::exception& e) {
+        return report_error(global, static_cast<int>(vmcrypt::ExitCode::failure),
+                            std::string("internal error: ") + e.what() + "; please report this as a bug");
+    }
+}
