@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every built libFuzzer target for a few seconds on a copy of its seed corpus.
+# Usage: tests/fuzz/run.sh BUILD_DIR SECONDS
+set -euo pipefail
+build_dir=$1
+seconds=$2
+here=$(cd "$(dirname "$0")" && pwd)
+data=$here/../data/vmdk
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for target in "$build_dir"/tests/fuzz/fuzz_*; do
+  [ -x "$target" ] || continue
+  name=$(basename "$target")
+  corpus=$work/$name
+  mkdir -p "$corpus"
+  seeds=$data/corpus-${name#fuzz_vmdk_}
+  [ -d "$seeds" ] && cp -r "$seeds"/. "$corpus"/
+  echo "fuzzing $name for ${seconds}s" >&2
+  "$target" -max_total_time="$seconds" -print_final_stats=0 "$corpus" 2>"$work/$name.log" || {
+    tail -n 40 "$work/$name.log" >&2
+    echo "fuzz target $name failed" >&2
+    exit 1
+  }
+done
