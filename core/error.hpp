@@ -52,7 +52,7 @@ struct KeyUnavailable : Error {
     explicit KeyUnavailable(const std::string& m) : Error(ExitCode::key_error, m) {}
 };
 
-// An RFC 3394 unwrap or a MAC check failed: the KEK or passphrase does not match the disk.
+// An RFC 3394 unwrap failed: the KEK or passphrase does not match the disk.
 struct WrongKey : Error {
     explicit WrongKey(const std::string& m) : Error(ExitCode::key_error, m) {}
 };

@@ -6,6 +6,7 @@
 #include "tools/commands.hpp"
 #include "tools/key_sources.hpp"
 #include "tools/progress_reporter.hpp"
+#include "tools/stop_signals.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -28,15 +29,15 @@ ProgressMode progress_mode(const GlobalOptions& global)
 
 namespace {
 
-int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteCommandOptions& options,
-                const std::atomic<bool>& stop)
+int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteCommandOptions& options)
 {
     KeySources sources = make_key_sources(options.keys, operation);
+    install_stop_handlers();
 
     ProgressReporter reporter(progress_mode(global), options.disk);
     RewriteOptions rewrite;
     rewrite.window_size = options.window_mib << 20;
-    rewrite.stop_requested = &stop;
+    rewrite.stop_requested = &stop_flag();
     rewrite.on_progress = [&reporter](const Progress& p) { reporter.update(p); };
 
     auto started = std::chrono::steady_clock::now();
@@ -71,14 +72,14 @@ int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteC
 
 }  // namespace
 
-int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop)
+int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options)
 {
-    return run_rewrite(Operation::encrypt, global, options, stop);
+    return run_rewrite(Operation::encrypt, global, options);
 }
 
-int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop)
+int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options)
 {
-    return run_rewrite(Operation::decrypt, global, options, stop);
+    return run_rewrite(Operation::decrypt, global, options);
 }
 
 }  // namespace vmcrypt::cli

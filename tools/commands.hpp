@@ -3,12 +3,11 @@
 
 #include "tools/cli_options.hpp"
 
-#include <atomic>
 
 namespace vmcrypt::cli {
 
-int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop);
-int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options, const std::atomic<bool>& stop);
+int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
+int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_inspect(const GlobalOptions& global, const std::string& disk);
 
 }  // namespace vmcrypt::cli

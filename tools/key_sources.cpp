@@ -43,7 +43,7 @@ KeySources make_key_sources(const KeyOptions& options, Operation operation)
         sources.push_back(std::make_unique<KeyFileSource>(*options.key_file));
 
     Argon2Parameters argon2{options.pbkdf_memory_kib, options.pbkdf_iterations, options.pbkdf_parallel};
-    const char* environment_passphrase = std::getenv("VMCRYPT_PASSPHRASE");
+    char* environment_passphrase = std::getenv("VMCRYPT_PASSPHRASE");
     if (options.passphrase_file) {
         sources.push_back(std::make_unique<PassphraseSource>(read_passphrase_file(*options.passphrase_file),
                                                              "passphrase file " + *options.passphrase_file, argon2));
@@ -59,6 +59,9 @@ KeySources make_key_sources(const KeyOptions& options, Operation operation)
         std::string_view text(environment_passphrase);
         sources.push_back(std::make_unique<PassphraseSource>(SecureBytes(text.begin(), text.end()),
                                                              "passphrase from VMCRYPT_PASSPHRASE", argon2));
+        // The environment copy would otherwise stay readable in /proc/PID/environ and in memory.
+        Botan::secure_scrub_memory(environment_passphrase, text.size());
+        ::unsetenv("VMCRYPT_PASSPHRASE");
     }
 
     const bool keystore_requested = options.keystore || options.kek_id;

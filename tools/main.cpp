@@ -8,8 +8,6 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -20,31 +18,18 @@
 
 namespace {
 
-std::atomic<bool> stop_requested{false};
-
-extern "C" void request_stop(int)
-{
-    stop_requested.store(true);
-}
-
 // Keys live in this process's memory: keep them out of core dumps and away from ptrace by the same user.
 void protect_process()
 {
     struct rlimit none {0, 0};
     ::setrlimit(RLIMIT_CORE, &none);
     ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-
-    struct sigaction action {};
-    action.sa_handler = request_stop;
-    sigemptyset(&action.sa_mask);
-    ::sigaction(SIGINT, &action, nullptr);
-    ::sigaction(SIGTERM, &action, nullptr);
 }
 
 void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool encrypting)
 {
     auto* key_file = command.add_option("--key-file", keys.key_file,
-                                        "KEK file: 32 raw bytes or 64 hex digits")->check(CLI::ExistingFile);
+                                        "KEK file: 32 raw bytes or 64 hex digits");
     auto* passphrase_file = command.add_option("--passphrase-file", keys.passphrase_file,
                                                "read the passphrase from FILE (one trailing newline is dropped)");
     auto* passphrase_fd = command.add_option("--passphrase-fd", keys.passphrase_fd,
@@ -160,9 +145,9 @@ int main(int argc, char** argv)
 
     try {
         if (encrypt->parsed())
-            return vmcrypt::cli::run_encrypt(global, encrypt_options, stop_requested);
+            return vmcrypt::cli::run_encrypt(global, encrypt_options);
         if (decrypt->parsed())
-            return vmcrypt::cli::run_decrypt(global, decrypt_options, stop_requested);
+            return vmcrypt::cli::run_decrypt(global, decrypt_options);
         return vmcrypt::cli::run_inspect(global, inspect_disk);
     } catch (const vmcrypt::Error& e) {
         return report_error(global, static_cast<int>(e.code()), e.what());

@@ -43,6 +43,7 @@ void ProgressReporter::finish()
 {
     if (mode_ == ProgressMode::bar && drew_line_)
         std::fputc('\n', stderr);
+    drew_line_ = false;
 }
 
 void ProgressReporter::print(const Progress& progress, bool /*final*/)

@@ -12,6 +12,7 @@ namespace vmcrypt::cli {
 class ProgressReporter {
 public:
     ProgressReporter(ProgressMode mode, std::string disk);
+    ~ProgressReporter() { finish(); }  // ends the terminal line even when the operation throws
     void update(const Progress& progress);
     void finish();
 

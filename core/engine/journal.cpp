@@ -204,6 +204,12 @@ JournalEntry decode_entry(const std::uint8_t* data, std::size_t size, std::size_
     return entry;
 }
 
+// Entry `sequence` always lives in slot sequence % 2, so a new entry never overwrites the newest one.
+std::uint64_t slot_offset(std::uint64_t sequence, std::uint64_t slot_size)
+{
+    return header_area + (sequence % 2) * slot_size;
+}
+
 std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment)
 {
     return (value + alignment - 1) / alignment * alignment;
@@ -314,7 +320,7 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
     {
         File file = File::create_new(temporary, 0600);
         file.write_exact(0, head);
-        file.write_exact(header_area, body);
+        file.write_exact(slot_offset(entry.sequence, header.slot_size), body);
         file.truncate(header_area + 2 * header.slot_size);
         file.sync_all();
     }
@@ -387,8 +393,7 @@ void Journal::append(JournalEntry& entry)
     if (body.size() > header_.slot_size)
         throw InvalidInput(state_->path.string() + ": journal entry does not fit its slot");
 
-    std::uint64_t offset = header_area + (entry.sequence % 2) * header_.slot_size;
-    state_->file.write_exact(offset, body);
+    state_->file.write_exact(slot_offset(entry.sequence, header_.slot_size), body);
     state_->file.sync_data();
     state_->sequence = entry.sequence;
 }

@@ -139,6 +139,9 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
         SecureBytes dek = unlock_dek(summary->header.record, sources, where);
         Journal journal = Journal::open(journal_path, dek);
         JournalEntry newest = journal.newest();
+        if (auto lock_folder = find_vmware_lock(path))
+            throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
+                            " exists; power off the VM (or remove a stale lock folder) and retry");
         if (newest.phase != JournalPhase::window)
             replay_metadata(path, *newest.metadata);
 
@@ -189,16 +192,22 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
         dek = new_dek();
         EncryptionRecord record;
         record.tweak = disk->tweak_rule();
-        for (auto& source : sources)
-            record.key_slots.push_back(source->seal(dek));
-        record.state = RecordState::encrypting;
-        record.seal(dek);
-        plan.start_metadata = disk->record_update(record.to_fields());
-        plan.journal_record = record.to_fields();
+        try {
+            for (auto& source : sources)
+                record.key_slots.push_back(source->seal(dek));
+            record.state = RecordState::encrypting;
+            record.seal(dek);
+            plan.start_metadata = disk->record_update(record.to_fields());
+            plan.journal_record = record.to_fields();
 
-        record.state = RecordState::encrypted;
-        record.seal(dek);
-        plan.final_metadata = disk->record_update(record.to_fields());
+            record.state = RecordState::encrypted;
+            record.seal(dek);
+            plan.final_metadata = disk->record_update(record.to_fields());
+        } catch (...) {
+            for (auto& source : sources)
+                source->discard_sealed();
+            throw;
+        }
         for (const KeySlot& slot : record.key_slots)
             report.key_slots.push_back(slot_summary(slot));
     } else {
@@ -208,6 +217,9 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
         dek = unlock_dek(*fields, sources, where);
 
         EncryptionRecord record = EncryptionRecord::from_fields(*fields, where);
+        if (record.tweak != disk->tweak_rule())
+            throw InvalidInput(where + ": ddb.vmcrypt.tweak is \"" + record.tweak + "\" but a " + disk->format() +
+                               " disk uses \"" + disk->tweak_rule() + "\"; the record does not belong to this disk");
         record.state = RecordState::decrypting;
         record.seal(dek);
         plan.start_metadata = disk->record_update(record.to_fields());
@@ -218,7 +230,16 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
     }
 
     RewriteEngine engine(*disk, dek, options);
-    report.result = engine.start(plan);
+    try {
+        report.result = engine.start(plan);
+    } catch (...) {
+        // Until the journal exists the disk does not refer to a newly created KEK, so remove it.
+        std::error_code exists_error;
+        if (operation == Operation::encrypt && !std::filesystem::exists(journal_path, exists_error))
+            for (auto& source : sources)
+                source->discard_sealed();
+        throw;
+    }
     return report;
 }
 

@@ -183,6 +183,8 @@ RewriteResult RewriteEngine::start(const RewritePlan& plan)
     first.metadata = plan.start_metadata;
     std::size_t max_metadata = std::max(plan.start_metadata.bytes.size(), plan.final_metadata.bytes.size());
 
+    if (options_.stop_requested && options_.stop_requested->load())
+        throw Interrupted(impl.files.front()->path().string() + ": stopped before any change; nothing was written");
     fault_point("before-journal-create");
     Journal journal = Journal::create(Journal::path_for(impl.files.front()->path()), header, first, max_metadata, dek_);
     // COMMIT POINT: the journal exists. Failures from here on leave an unfinished operation that re-running

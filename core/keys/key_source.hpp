@@ -30,6 +30,10 @@ public:
     // Unwraps the DEK from a slot of this source's type. Throws WrongKey (UnwrapFailed) when the key does
     // not match and KeyUnavailable when the KEK cannot be found.
     virtual SecureBytes unseal(const KeySlot& slot) = 0;
+
+    // Undoes the side effects of seal() when the operation fails before the disk refers to the slot
+    // (the key store deletes a KEK it created). Never throws.
+    virtual void discard_sealed() noexcept {}
 };
 
 }  // namespace vmcrypt

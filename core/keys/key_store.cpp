@@ -107,7 +107,10 @@ SecureBytes KeyStoreSource::load_kek(const std::string& kek_id) const
         throw KeyUnavailable(path.string() + ": KEK " + kek_id + " is not in the key store (set VMCRYPT_KEYSTORE "
                              "or --keystore to the key store that encrypted the disk)");
     require_private(path, 0600);
-    return parse_kek_text(read_small_file(path, 4096), path.string());
+    std::string content = read_small_file(path, 4096);
+    SecureBytes kek = parse_kek_text(content, path.string());
+    Botan::secure_scrub_memory(content.data(), content.size());
+    return kek;
 }
 
 std::string KeyStoreSource::create_kek()
@@ -144,14 +147,27 @@ std::string KeyStoreSource::create_kek()
 
 KeySlot KeyStoreSource::seal(const SecureBytes& dek)
 {
-    std::string kek_id = kek_id_ ? *kek_id_ : create_kek();
-    kek_id_ = kek_id;  // a second seal() on this source reuses the KEK
+    if (!kek_id_) {
+        kek_id_ = create_kek();
+        created_kek_id_ = kek_id_;
+    }
+    const std::string& kek_id = *kek_id_;  // a second seal() on this source reuses the KEK
 
     KeySlot slot;
     slot.type = slot_type();
     slot.params["kek"] = kek_id;
     slot.wrapped_dek = wrap_key(load_kek(kek_id), dek);
     return slot;
+}
+
+void KeyStoreSource::discard_sealed() noexcept
+{
+    if (!created_kek_id_)
+        return;
+    std::error_code ec;
+    std::filesystem::remove(directory_ / (*created_kek_id_ + ".kek"), ec);
+    created_kek_id_.reset();
+    kek_id_.reset();
 }
 
 SecureBytes KeyStoreSource::unseal(const KeySlot& slot)

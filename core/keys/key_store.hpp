@@ -24,6 +24,7 @@ public:
     void check_ready() override;
     KeySlot seal(const SecureBytes& dek) override;
     SecureBytes unseal(const KeySlot& slot) override;
+    void discard_sealed() noexcept override;
 
     const std::filesystem::path& directory() const { return directory_; }
 
@@ -33,6 +34,7 @@ private:
 
     std::filesystem::path directory_;
     std::optional<std::string> kek_id_;
+    std::optional<std::string> created_kek_id_;  // a KEK this object created, until the disk uses it
 };
 
 }  // namespace vmcrypt

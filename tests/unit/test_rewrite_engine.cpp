@@ -224,12 +224,61 @@ TEST_F(RewriteEngineTest, RecoversHalfWrittenWindowIdempotently)
     EXPECT_EQ(disk.record()->front().second, "done");
 }
 
-TEST_F(RewriteEngineTest, JournalWithOtherKeyIsRejected)
+TEST_F(RewriteEngineTest, StopBeforeStartChangesNothing)
 {
     FileBackedDisk disk = make_disk("a");
     std::atomic<bool> stop{true};
     RewriteOptions stopping = options(64 * kib);
     stopping.stop_requested = &stop;
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    EXPECT_FALSE(fs::exists(dir_ / "a.meta.vmcrypt-journal"));
+    EXPECT_FALSE(disk.record().has_value());
+    EXPECT_EQ(read_all(dir_ / "a.data"), plaintext_);
+}
+
+// The first window entry must not overwrite the metadata entry: a torn first window entry falls back to it.
+TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
+{
+    FileBackedDisk disk = make_disk("a");
+    std::atomic<bool> stop{false};
+    RewriteOptions stopping = options(64 * kib);
+    stopping.stop_requested = &stop;
+    stopping.on_progress = [&](const Progress& p) {
+        if (p.bytes_done >= 64 * kib)
+            stop = true;
+    };
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+
+    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
+    JournalEntry newest = Journal::open(journal_path, dek_).newest();
+    ASSERT_EQ(newest.sequence, 2u);
+
+    std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
+    std::copy(plaintext_.begin(), plaintext_.begin() + 64 * kib, data.begin());
+    write_all(dir_ / "a.data", data);
+    std::vector<std::uint8_t> bytes = read_all(journal_path);
+    std::uint64_t slot_size = (bytes.size() - 8192) / 2;
+    bytes[8192 + (newest.sequence % 2) * slot_size + 40] ^= 1;
+    write_all(journal_path, bytes);
+
+    JournalEntry fallback = Journal::open(journal_path, dek_).newest();
+    EXPECT_EQ(fallback.sequence, 1u);
+    EXPECT_EQ(fallback.phase, JournalPhase::metadata);
+
+    FileBackedDisk reference = make_disk("reference");
+    RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
+    RewriteEngine(disk, dek_, options(64 * kib))
+        .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata);
+    EXPECT_EQ(read_all(dir_ / "a.data"), read_all(dir_ / "reference.data"));
+}
+
+TEST_F(RewriteEngineTest, JournalWithOtherKeyIsRejected)
+{
+    FileBackedDisk disk = make_disk("a");
+    std::atomic<bool> stop{false};
+    RewriteOptions stopping = options(64 * kib);
+    stopping.stop_requested = &stop;
+    stopping.on_progress = [&](const Progress&) { stop = true; };
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
 
     SecureBytes other = random_bytes(64);

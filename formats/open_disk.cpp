@@ -1,0 +1,65 @@
+// Format probing for open_disk(): the first bytes of the file decide the format.
+
+#include "formats/open_disk.hpp"
+
+#include "core/error.hpp"
+#include "formats/vmdk/descriptor.hpp"
+#include "formats/vmdk/vmdk_disk.hpp"
+
+#include <cstring>
+
+namespace vmcrypt {
+
+namespace {
+
+// seSparse constant header magic 0x00000000cafebabe, little-endian.
+constexpr std::uint8_t sesparse_magic[8] = {0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0};
+
+bool starts_with(const std::string& bytes, const void* magic, std::size_t length)
+{
+    return bytes.size() >= length && std::memcmp(bytes.data(), magic, length) == 0;
+}
+
+std::string read_head(const File& file, std::size_t length)
+{
+    std::string bytes(length, '\0');
+    bytes.resize(file.read_at(0, {reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size()}));
+    return bytes;
+}
+
+}  // namespace
+
+std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access)
+{
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        throw InvalidInput(path.string() + ": file not found; check the path of the disk");
+    if (std::filesystem::is_directory(path, error))
+        throw InvalidInput(path.string() + ": is a folder; name the disk's .vmdk file");
+
+    File file = File::open(path, access);
+    std::string head = read_head(file, 8);
+    std::string name = path.string();
+
+    if (head.starts_with("KDMV"))
+        return vmdk::VmdkDisk::open(std::move(file), path);
+    if (head.starts_with("COWD"))
+        throw UnsupportedInput(name + ": an ESXi vmfsSparse (COWD) snapshot delta extent is not supported; "
+                                      "consolidate the snapshots on the host first");
+    if (starts_with(head, sesparse_magic, sizeof sesparse_magic))
+        throw UnsupportedInput(name + ": an ESXi seSparse snapshot delta extent is not supported; consolidate the "
+                                      "snapshots on the host first");
+    if (head.starts_with("QFI\xfb"))
+        throw UnsupportedInput(name + ": qcow2 is not supported yet; vmcrypt encrypts VMDK disks");
+
+    std::uint64_t size = file.size();
+    if (size < vmdk::max_descriptor_file_size) {
+        std::string text = read_head(file, static_cast<std::size_t>(size));
+        if (vmdk::looks_like_descriptor(text))
+            return vmdk::VmdkDisk::open(std::move(file), path);
+    }
+    throw UnsupportedInput(name + ": not a VMDK disk (neither a \"KDMV\" sparse extent nor a text descriptor); "
+                                  "name the disk's descriptor .vmdk file");
+}
+
+}  // namespace vmcrypt
