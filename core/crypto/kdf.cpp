@@ -32,18 +32,21 @@ void check_argon2_parameters(const Argon2Parameters& parameters)
 {
     if (parameters.parallelism == 0 || parameters.parallelism > argon2_max_parallelism)
         throw InvalidInput("argon2id: parallelism " + std::to_string(parameters.parallelism) +
-                           " is invalid; it must be between 1 and " + std::to_string(argon2_max_parallelism) +
-                           " lanes");
+                           " is invalid, expected 1 to " + std::to_string(argon2_max_parallelism) + " lanes");
     if (parameters.iterations == 0)
-        throw InvalidInput("argon2id: iterations 0 is invalid; it must be at least 1");
+        throw InvalidInput("argon2id: iterations 0 is invalid, expected at least 1");
 
     const std::uint64_t min_memory_kib =
         std::uint64_t{argon2_min_memory_kib_per_lane} * parameters.parallelism;
-    if (parameters.memory_kib < min_memory_kib)
-        throw InvalidInput("argon2id: memory " + std::to_string(parameters.memory_kib) +
-                           " KiB is below the minimum of " + std::to_string(argon2_min_memory_kib_per_lane) +
-                           " KiB per lane (" + std::to_string(min_memory_kib) + " KiB for " +
-                           std::to_string(parameters.parallelism) + " lanes)");
+    if (parameters.memory_kib < min_memory_kib) {
+        std::string message = "argon2id: memory " + std::to_string(parameters.memory_kib) +
+                              " KiB is below the minimum of " + std::to_string(argon2_min_memory_kib_per_lane) +
+                              " KiB per lane";
+        if (parameters.parallelism > 1)
+            message += " (" + std::to_string(min_memory_kib) + " KiB for " +
+                       std::to_string(parameters.parallelism) + " lanes)";
+        throw InvalidInput(message);
+    }
     if (parameters.memory_kib > argon2_max_memory_kib)
         throw InvalidInput("argon2id: memory " + std::to_string(parameters.memory_kib) +
                            " KiB is above vmcrypt's maximum of " + std::to_string(argon2_max_memory_kib) +
@@ -56,8 +59,7 @@ SecureBytes hkdf_sha256(std::span<const std::uint8_t> input_key, std::string_vie
 {
     if (length == 0 || length > hkdf_max_length)
         throw std::invalid_argument("HKDF-SHA-256: output length " + std::to_string(length) +
-                                    " is invalid; it must be between 1 and " + std::to_string(hkdf_max_length) +
-                                    " bytes");
+                                    " is invalid, expected 1 to " + std::to_string(hkdf_max_length) + " bytes");
 
     const auto kdf = Botan::KDF::create_or_throw("HKDF(SHA-256)");
     return kdf->derive_key(length, input_key.data(), input_key.size(), nullptr, 0,
@@ -70,7 +72,7 @@ SecureBytes argon2id(std::span<const std::uint8_t> passphrase, std::span<const s
     check_argon2_parameters(parameters);
     if (length < argon2_min_tag_length)
         throw std::invalid_argument("argon2id: output length " + std::to_string(length) +
-                                    " is invalid; it must be at least " + std::to_string(argon2_min_tag_length) +
+                                    " is invalid, expected at least " + std::to_string(argon2_min_tag_length) +
                                     " bytes");
 
     const Botan::Argon2 argon2(botan_argon2id, parameters.memory_kib, parameters.iterations,

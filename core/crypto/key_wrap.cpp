@@ -27,7 +27,7 @@ std::vector<std::uint8_t> wrap_key(const SecureBytes& kek, const SecureBytes& ke
     // RFC 3394 wraps n >= 2 64-bit blocks of key data.
     if (key.size() < 16 || key.size() % 8 != 0)
         throw BadKeyLength("AES key wrap: key to wrap is " + std::to_string(key.size()) +
-                           " bytes; RFC 3394 needs a multiple of 8 bytes, at least 16");
+                           " bytes, but RFC 3394 needs a multiple of 8 bytes, at least 16");
 
     const SecureBytes wrapped = Botan::rfc3394_keywrap(key, Botan::SymmetricKey(kek));
     return std::vector<std::uint8_t>(wrapped.begin(), wrapped.end());
@@ -39,7 +39,7 @@ SecureBytes unwrap_key(const SecureBytes& kek, std::span<const std::uint8_t> wra
     // A wrapped key is one 8-byte integrity block longer than the key, which is at least 16 bytes.
     if (wrapped.size() < 24 || wrapped.size() % 8 != 0)
         throw BadKeyLength("AES key unwrap: wrapped key is " + std::to_string(wrapped.size()) +
-                           " bytes; RFC 3394 output is a multiple of 8 bytes, at least 24");
+                           " bytes, but RFC 3394 output is a multiple of 8 bytes, at least 24");
 
     const Botan::secure_vector<std::uint8_t> wrapped_copy(wrapped.begin(), wrapped.end());
     try {

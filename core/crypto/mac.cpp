@@ -19,7 +19,7 @@ Mac hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t>
     return mac;
 }
 
-// Returns false at once when the lengths differ, because lengths are not secret here; the bytes are
+// Returns false at once when the lengths differ, because lengths are not secret here. The bytes are
 // compared in time that does not depend on where they differ.
 bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b)
 {

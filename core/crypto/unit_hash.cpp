@@ -1,11 +1,11 @@
 // The crash journal's per-unit hash.
 //
-// The hash is XXH3-64 (xxHash's XXH3_64bits, default secret, seed 0) of the 512-byte unit, written from
-// the xxHash specification (doc/xxhash_spec.md in the xxHash project) for 512-byte inputs only, and
+// The hash is XXH3-64 (xxHash's XXH3_64bits, default secret, seed 0) of the 512-byte unit. It is written
+// from the xxHash specification (doc/xxhash_spec.md in the xxHash project) for 512-byte inputs only and
 // checked against `xxhsum -H3` from xxHash 0.8.1. XXH3 was chosen over XXH64, from the same project,
 // because its 32x32-bit multiplies run two to an SSE2 instruction. On one core of an AMD EPYC (Zen 4)
-// VM, with a throwaway benchmark, XXH64 of 512-byte units reached about 9 GB/s, bound by 64-bit
-// multiplies, and this code 17 GB/s at -O2 (6 GB/s with VMCRYPT_UNIT_HASH_PORTABLE).
+// VM, a throwaway benchmark measured XXH64 of 512-byte units at about 9 GB/s, bound by 64-bit
+// multiplies, and this code at 17 GB/s at -O2 (6 GB/s with VMCRYPT_UNIT_HASH_PORTABLE defined).
 
 #include "core/crypto/unit_hash.hpp"
 
@@ -84,8 +84,8 @@ Accumulators initial_accumulators()
                          _mm_set_epi64x(static_cast<long long>(prime32_1), static_cast<long long>(prime64_5))}};
 }
 
-// acc[i ^ 1] += stripe[i]; acc[i] += low32(stripe[i] ^ key[i]) * high32(stripe[i] ^ key[i]), two lanes
-// per instruction.
+// Adds stripe[i] to acc[i ^ 1] and low32(stripe[i] ^ key[i]) * high32(stripe[i] ^ key[i]) to acc[i],
+// two lanes per instruction.
 void accumulate(Accumulators& accumulators, const std::uint8_t* stripe, const std::uint8_t* key)
 {
     for (int i = 0; i < 4; ++i) {
@@ -133,8 +133,8 @@ void store_accumulators(const Accumulators& accumulators, std::uint64_t (&out)[8
 
 #endif
 
-// GCC and Clang provide a 128-bit integer on 64-bit targets; __extension__ marks its use as intended
-// under -Wpedantic.
+// GCC and Clang provide a 128-bit integer on 64-bit targets, and __extension__ marks its use as
+// intended under -Wpedantic.
 __extension__ using uint128 = unsigned __int128;
 
 // Multiplies to a 128-bit product and XORs its two halves.

@@ -9,9 +9,11 @@
 
 namespace vmcrypt {
 
+// Throws std::invalid_argument unless unit is 512 bytes.
 std::uint64_t unit_hash(std::span<const std::uint8_t> unit);
 
-// Hashes data.size() / 512 consecutive units into out (which must be that long).
+// Hashes data.size() / 512 consecutive units into out (which must be that long). Throws
+// std::invalid_argument when data is not whole units or out has another length.
 void hash_units(std::span<const std::uint8_t> data, std::span<std::uint64_t> out);
 
 }  // namespace vmcrypt

@@ -1,7 +1,6 @@
-// AES-256-XTS (IEEE 1619) over data units. The initial tweaks of many units are computed with one
-// multi-block AES call, and the XOR-encrypt-XOR passes run over 4 KiB chunks that stay in the L1 data
-// cache, because Botan's XTS mode, which handles one message per call, is several times slower on
-// 512-byte units.
+// AES-256-XTS (IEEE 1619) over data units, without Botan's XTS mode, which handles one message per call
+// and is several times slower on 512-byte units. Here one multi-block AES call computes the initial
+// tweaks of many units, and the XOR-encrypt-XOR passes run over 4 KiB chunks that stay in the L1 cache.
 
 #include "core/crypto/xts.hpp"
 
@@ -17,8 +16,8 @@
 #include <stdexcept>
 #include <string>
 
-// The SSE2 path is used wherever the compiler targets SSE2 (every x86-64 build); defining
-// VMCRYPT_XTS_PORTABLE selects the portable 64-bit path instead, for testing it on x86-64.
+// The SSE2 path is used wherever the compiler targets SSE2, as every x86-64 build does. Defining
+// VMCRYPT_XTS_PORTABLE selects the portable 64-bit path instead, to test that path on x86-64.
 #if defined(__SSE2__) && !defined(VMCRYPT_XTS_PORTABLE)
 #include <emmintrin.h>
 #define VMCRYPT_XTS_SSE2 1
@@ -33,13 +32,13 @@ namespace {
 constexpr std::size_t block_size = 16;
 constexpr std::size_t blocks_per_unit = xts_unit_size / block_size;
 
-// Chunk size chosen by a sweep of 4 to 64 units per chunk on an AMD EPYC (Zen 4) VM with Botan 2.19.3:
-// 8 units (4 KiB of data and 4 KiB of tweaks), with the next chunk prefetched, was as fast as larger
-// chunks on cache-resident buffers and 25-40% faster on a 64 MiB buffer.
+// The chunk size comes from a sweep of 4 to 64 units per chunk on an AMD EPYC (Zen 4) VM with Botan
+// 2.19.3. Chunks of 8 units (4 KiB of data and 4 KiB of tweaks), with the next chunk prefetched, were as
+// fast as larger chunks on cache-resident buffers and 25-40% faster on a 64 MiB buffer.
 constexpr std::size_t units_per_chunk = 8;
 constexpr std::size_t chunk_size = units_per_chunk * xts_unit_size;
 constexpr std::size_t blocks_per_chunk = chunk_size / block_size;
-// Initial tweaks computed per tweak-key AES call.
+// Units whose initial tweaks one tweak-key AES call computes.
 constexpr std::size_t units_per_tweak_batch = 64;
 static_assert(units_per_tweak_batch % units_per_chunk == 0);
 
@@ -66,8 +65,8 @@ void store_le64(std::uint64_t value, std::uint8_t* bytes)
     std::memcpy(bytes, &value, sizeof value);
 }
 
-// A 128-bit tweak as two 64-bit halves: byte 0 of the tweak is the least significant byte of `low`,
-// as in IEEE 1619.
+// A 128-bit tweak as two 64-bit halves. As in IEEE 1619, byte 0 of the tweak is the least significant
+// byte of `low`.
 struct Tweak {
     std::uint64_t low;
     std::uint64_t high;
@@ -84,9 +83,9 @@ void store_tweak(const Tweak& tweak, std::uint8_t* bytes)
     store_le64(tweak.high, bytes + 8);
 }
 
-// Multiplies the tweak by x in GF(2^128) modulo x^128 + x^7 + x^2 + x + 1: a 128-bit left shift, and
-// when a bit falls off the top, XOR 0x87 into the low byte. Branch-free, so the time does not depend
-// on the tweak.
+// Multiplies the tweak by x in GF(2^128) modulo x^128 + x^7 + x^2 + x + 1. That is a 128-bit left shift
+// that XORs 0x87 into the low byte when a bit falls off the top, done without a branch so that the time
+// does not depend on the tweak.
 Tweak multiply_by_x(Tweak tweak)
 {
     const std::uint64_t carry = tweak.high >> 63;
@@ -233,7 +232,7 @@ void process_chunk(const Botan::BlockCipher& data_cipher, Direction direction, s
     xor_tweaks(chunk, tweaks, unit_count * xts_unit_size);
 }
 
-// Processes the units of `data` in place; unit i has the plain64 tweak first_sector + i.
+// Processes the units of `data` in place. Unit i has the plain64 tweak first_sector + i.
 void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCipher& tweak_cipher,
                    Direction direction, std::span<std::uint8_t> data, std::uint64_t first_sector)
 {
@@ -253,8 +252,8 @@ void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCiph
     for (std::size_t batch_first = 0; batch_first < unit_count; batch_first += units_per_tweak_batch) {
         const std::size_t batch_units = std::min(units_per_tweak_batch, unit_count - batch_first);
 
-        // plain64: the sector number as a 64-bit little-endian integer, zero-padded to 16 bytes; then
-        // one multi-block call encrypts all of them under the tweak key.
+        // plain64 is the sector number as a 64-bit little-endian integer, zero-padded to 16 bytes. One
+        // multi-block call encrypts the whole batch under the tweak key.
         scratch.initial_tweaks_used = std::max(scratch.initial_tweaks_used, batch_units * block_size);
         for (std::size_t u = 0; u < batch_units; ++u) {
             store_le64(first_sector + batch_first + u, initial_tweaks + u * block_size);
@@ -285,7 +284,7 @@ void process_unit(const Botan::BlockCipher& data_cipher, const Botan::BlockCiphe
 {
     if (data.empty() || data.size() % block_size != 0 || data.size() / block_size > max_unit_blocks)
         throw std::invalid_argument("AES-XTS: data unit of " + std::to_string(data.size()) +
-                                    " bytes is invalid; it must be 1 to 2^20 whole 16-byte blocks "
+                                    " bytes is invalid, expected 1 to 2^20 whole 16-byte blocks "
                                     "(ciphertext stealing is not implemented)");
 
     Scratch scratch;

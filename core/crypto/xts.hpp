@@ -29,12 +29,14 @@ public:
     XtsCipher& operator=(const XtsCipher&) = delete;
 
     // Encrypts data in place. data.size() must be a multiple of 512; unit i uses tweak first_sector + i.
-    // Thread-safe: concurrent calls on one object are allowed.
+    // Thread-safe: concurrent calls on one object are allowed. Throws std::invalid_argument on a partial
+    // unit or when the last unit's sector number would exceed 2^64 - 1.
     void encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const;
     void decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const;
 
     // One data unit of any multiple of 16 bytes with an explicit 16-byte tweak value; for known-answer
-    // tests with the IEEE 1619 vectors, whose units are not all 512 bytes.
+    // tests with the IEEE 1619 vectors, whose units are not all 512 bytes. Throws std::invalid_argument
+    // unless the unit is 1 to 2^20 blocks (no ciphertext stealing).
     void encrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const;
     void decrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const;
 

@@ -3,13 +3,14 @@
 #include "core/crypto/unit_hash.hpp"
 #include "core/crypto/xts.hpp"
 #include "core/engine/fault_injection.hpp"
+#include "core/engine/mapped_window.hpp"
+#include "core/engine/parallel_parts.hpp"
 #include "core/engine/run_stream.hpp"
 #include "core/engine/unit_transform.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 
 #include <algorithm>
-#include <future>
 #include <set>
 
 namespace vmcrypt {
@@ -35,28 +36,46 @@ struct RewriteEngine::Impl {
     {
     }
 
-    void read_window(std::vector<std::uint8_t>& buffer, const std::vector<RunSegment>& segments) const
+    // Reads (or writes) the bytes [begin, end) of the window buffer from (to) the segments they map to.
+    void read_range(std::uint8_t* buffer, const std::vector<RunSegment>& segments, std::uint64_t begin,
+                    std::uint64_t end) const
+    {
+        for_each_piece(segments, begin, end, [&](File& file, std::uint64_t host_offset, std::uint64_t offset,
+                                                 std::uint64_t length) {
+            if (!file.read_exact(host_offset, {buffer + offset, length}))
+                throw IoError(file.path().string() + ": short read at offset " + std::to_string(host_offset) +
+                              ": the file shrank while vmcrypt was running");
+        });
+    }
+
+    void write_range(const std::uint8_t* buffer, const std::vector<RunSegment>& segments, std::uint64_t begin,
+                     std::uint64_t end) const
+    {
+        for_each_piece(segments, begin, end, [&](File& file, std::uint64_t host_offset, std::uint64_t offset,
+                                                 std::uint64_t length) {
+            file.write_exact(host_offset, {buffer + offset, length});
+        });
+    }
+
+    template <typename Action>
+    void for_each_piece(const std::vector<RunSegment>& segments, std::uint64_t begin, std::uint64_t end,
+                        const Action& action) const
     {
         for (const RunSegment& segment : segments) {
-            File& file = *files.at(segment.file_index);
-            std::span<std::uint8_t> target(buffer.data() + segment.buffer_offset, segment.length);
-            if (!file.read_exact(segment.host_offset, target))
-                throw IoError(file.path().string() + ": short read at offset " +
-                              std::to_string(segment.host_offset) + ": the file shrank while vmcrypt was running");
+            std::uint64_t piece_begin = std::max(begin, segment.buffer_offset);
+            std::uint64_t piece_end = std::min(end, segment.buffer_offset + segment.length);
+            if (piece_begin >= piece_end)
+                continue;
+            action(*files.at(segment.file_index), segment.host_offset + (piece_begin - segment.buffer_offset),
+                   piece_begin, piece_end - piece_begin);
         }
     }
 
-    void write_window(const std::vector<std::uint8_t>& buffer, const std::vector<RunSegment>& segments)
+    void sync_files(const std::vector<RunSegment>& segments)
     {
         std::set<std::size_t> touched;
-        for (std::size_t i = 0; i < segments.size(); ++i) {
-            const RunSegment& segment = segments[i];
-            files.at(segment.file_index)
-                ->write_exact(segment.host_offset, {buffer.data() + segment.buffer_offset, segment.length});
+        for (const RunSegment& segment : segments)
             touched.insert(segment.file_index);
-            if (i == segments.size() / 2)
-                fault_point("window-half-written");
-        }
         for (std::size_t index : touched)
             files[index]->sync_data();
     }
@@ -85,7 +104,7 @@ struct RewriteEngine::Impl {
 
         std::vector<RunSegment> segments = stream.segments(entry.window_start, entry.window_length);
         std::vector<std::uint8_t> buffer(entry.window_length);
-        read_window(buffer, segments);
+        read_range(buffer.data(), segments, 0, buffer.size());
 
         std::vector<std::uint64_t> hashes(entry.unit_hashes.size());
         hash_units(buffer, hashes);
@@ -94,10 +113,12 @@ struct RewriteEngine::Impl {
             still_old[i] = hashes[i] == entry.unit_hashes[i];
 
         transform_window(cipher, direction, buffer, segments, still_old, options.threads);
-        write_window(buffer, segments);
+        write_range(buffer.data(), segments, 0, buffer.size());
+        sync_files(segments);
     }
 
-    // Rewrites windows from `position` to the end, then completes the operation.
+    // Rewrites windows from `position` to the end, then completes the operation. Each window is mapped
+    // and split into one part per thread for hashing and XTS.
     std::uint64_t run_windows(Journal& journal, std::uint64_t position, Direction direction,
                               const MetadataWrite& final_metadata)
     {
@@ -105,42 +126,38 @@ struct RewriteEngine::Impl {
         const std::uint64_t window = journal.header().window_size;
         std::uint64_t rewritten = 0;
 
-        auto load = [this](std::uint64_t start, std::uint64_t length) {
-            std::vector<std::uint8_t> buffer(length);
-            read_window(buffer, stream.segments(start, length));
-            return buffer;
-        };
-
-        // The next window is read while the current one is transformed and written (two buffers).
-        std::future<std::vector<std::uint8_t>> next;
-        if (position < total)
-            next = std::async(std::launch::async, load, position, std::min(window, total - position));
-
         while (position < total) {
             check_stop(position);
-            std::uint64_t length = std::min(window, total - position);
-            std::vector<std::uint8_t> buffer = next.get();
-            std::vector<RunSegment> segments = stream.segments(position, length);
+            const std::uint64_t length = std::min(window, total - position);
+            const std::uint64_t units = length / 512;
+            const std::vector<RunSegment> segments = stream.segments(position, length);
+            MappedWindow mapped(files, segments);
 
             JournalEntry entry;
             entry.phase = JournalPhase::window;
             entry.window_start = position;
             entry.window_length = length;
-            entry.unit_hashes.resize(length / 512);
-            hash_units(buffer, entry.unit_hashes);
+            entry.unit_hashes.resize(units);
+            run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
+                mapped.for_each_piece(first, end, [&](std::span<std::uint8_t> bytes, std::uint64_t, std::uint64_t unit) {
+                    hash_units(bytes, {entry.unit_hashes.data() + unit, bytes.size() / 512});
+                });
+            });
             journal.append(entry);
             // COMMIT POINT: the window's old unit hashes are durable; from here a crash needs recovery.
             fault_point("window-journaled");
 
-            std::uint64_t next_position = position + length;
-            if (next_position < total)
-                next = std::async(std::launch::async, load, next_position, std::min(window, total - next_position));
-
-            transform_window(cipher, direction, buffer, segments, {}, options.threads);
-            write_window(buffer, segments);
+            run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
+                mapped.for_each_piece(first, end, [&](std::span<std::uint8_t> bytes, std::uint64_t sector, std::uint64_t) {
+                    transform_run(cipher, direction, bytes, sector);
+                });
+                if (first == 0)
+                    fault_point("window-half-written");
+            });
+            mapped.sync();
             fault_point("window-synced");
 
-            position = next_position;
+            position += length;
             rewritten += length;
             report(position);
         }

@@ -17,10 +17,14 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
     return accumulated == 0;
 }
 
-namespace {
+void transform_run(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> data,
+                   std::uint64_t first_sector)
+{
+    std::vector<RunSegment> whole = {{0, 0, data.size(), first_sector, 0}};
+    transform_units(cipher, direction, data, whole, {}, 0, data.size() / 512);
+}
 
-// Transforms units [first_unit, end_unit) of the window buffer.
-void transform_range(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit)
 {
@@ -59,8 +63,6 @@ void transform_range(const XtsCipher& cipher, Direction direction, std::span<std
     }
 }
 
-}  // namespace
-
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                       unsigned threads)
@@ -73,10 +75,10 @@ void transform_window(const XtsCipher& cipher, Direction direction, std::span<st
     for (unsigned t = 1; t < threads; ++t) {
         std::uint64_t first = std::min(units, t * per_thread);
         std::uint64_t end = std::min(units, first + per_thread);
-        workers.emplace_back(transform_range, std::cref(cipher), direction, buffer, std::cref(segments),
+        workers.emplace_back(transform_units, std::cref(cipher), direction, buffer, std::cref(segments),
                              std::cref(selected), first, end);
     }
-    transform_range(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread));
+    transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread));
     for (std::thread& worker : workers)
         worker.join();
 }

@@ -16,6 +16,16 @@ enum class Direction { encrypt, decrypt };
 
 bool is_zero_unit(std::span<const std::uint8_t> unit);
 
+// Transforms contiguous units whose tweaks count up from first_sector, skipping all-zero units.
+void transform_run(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> data,
+                   std::uint64_t first_sector);
+
+// Transforms units [first_unit, end_unit) of `buffer`, on the calling thread. `segments` give each
+// unit's tweak; `selected`, when non-empty, limits the transform to units whose flag is set.
+void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+                     const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
+                     std::uint64_t first_unit, std::uint64_t end_unit);
+
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
