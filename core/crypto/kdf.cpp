@@ -22,6 +22,9 @@ constexpr std::uint32_t argon2_min_memory_kib_per_lane = 8;
 constexpr std::size_t argon2_min_tag_length = 4;
 // Botan 2 accepts at most 128 lanes.
 constexpr std::uint32_t argon2_max_parallelism = 128;
+// A bound on the time cost, so a crafted key slot cannot make unlocking run for hours; the CLI offers
+// the same range.
+constexpr std::uint32_t argon2_max_iterations = 1000;
 // vmcrypt's own ceiling, so that a crafted record cannot make the machine allocate more than 4 GiB.
 constexpr std::uint32_t argon2_max_memory_kib = 4u * 1024 * 1024;
 
@@ -33,8 +36,9 @@ void check_argon2_parameters(const Argon2Parameters& parameters)
     if (parameters.parallelism == 0 || parameters.parallelism > argon2_max_parallelism)
         throw InvalidInput("argon2id: parallelism " + std::to_string(parameters.parallelism) +
                            " is invalid, expected 1 to " + std::to_string(argon2_max_parallelism) + " lanes");
-    if (parameters.iterations == 0)
-        throw InvalidInput("argon2id: iterations 0 is invalid, expected at least 1");
+    if (parameters.iterations == 0 || parameters.iterations > argon2_max_iterations)
+        throw InvalidInput("argon2id: iterations " + std::to_string(parameters.iterations) +
+                           " is invalid, expected 1 to " + std::to_string(argon2_max_iterations));
 
     const std::uint64_t min_memory_kib =
         std::uint64_t{argon2_min_memory_kib_per_lane} * parameters.parallelism;

@@ -16,6 +16,8 @@ namespace {
 
 constexpr std::uint64_t header_area = 8192;
 constexpr std::uint32_t journal_version = 1;
+// The unit hash the entries were made with; recovery must compare with the same function.
+constexpr std::uint32_t unit_hash_xxh3_64 = 1;
 constexpr char header_magic[8] = {'V', 'M', 'C', 'R', 'Y', 'P', 'T', 'J'};
 constexpr char entry_magic[8] = {'V', 'M', 'C', 'J', 'E', 'N', 'T', '1'};
 constexpr std::string_view mac_label = "vmcrypt journal mac v1";
@@ -91,6 +93,7 @@ std::vector<std::uint8_t> encode_header(const JournalHeader& header)
     w.raw(header_magic, 8);
     w.u32(journal_version);
     w.u32(static_cast<std::uint32_t>(header.operation));
+    w.u32(unit_hash_xxh3_64);
     w.u64(header.window_size);
     w.u64(header.total_bytes);
     w.u64(header.slot_size);
@@ -117,6 +120,8 @@ JournalHeader decode_header(const std::uint8_t* data, std::size_t size, std::siz
     if (operation != 1 && operation != 2)
         throw InvalidInput("unknown operation " + std::to_string(operation));
     header.operation = static_cast<Operation>(operation);
+    if (std::uint32_t hash = r.u32(); hash != unit_hash_xxh3_64)
+        throw UnsupportedInput("unit hash " + std::to_string(hash) + " is not known to this vmcrypt");
     header.window_size = r.u64();
     header.total_bytes = r.u64();
     header.slot_size = r.u64();
