@@ -9,7 +9,8 @@ namespace vmcrypt::vmdk {
 
 namespace {
 
-constexpr std::array<std::pair<std::string_view, Layout>, 8> supported = {{
+// vmfsPreallocated and vmfsEagerZeroedThick differ from vmfs only in how ESXi allocated the flat file.
+constexpr std::array<std::pair<std::string_view, Layout>, 10> supported = {{
     {"monolithicSparse", Layout::embedded_sparse},
     {"twoGbMaxExtentSparse", Layout::split_sparse},
     {"2GbMaxExtentSparse", Layout::split_sparse},
@@ -18,6 +19,8 @@ constexpr std::array<std::pair<std::string_view, Layout>, 8> supported = {{
     {"2GbMaxExtentFlat", Layout::flat},
     {"vmfs", Layout::vmfs},
     {"vmfsThin", Layout::vmfs},
+    {"vmfsPreallocated", Layout::vmfs},
+    {"vmfsEagerZeroedThick", Layout::vmfs},
 }};
 
 // ESXi snapshot deltas: the data is split between this file and its parents.
@@ -64,7 +67,7 @@ Layout layout_of_create_type(std::string_view create_type, std::string_view file
         throw UnsupportedInput(prefix + "its data is on a raw device, not in files vmcrypt can rewrite; copy it "
                                         "into a file first with: " + conversion_hint(file_name));
     throw UnsupportedInput(prefix + "vmcrypt supports monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, "
-                                    "twoGbMaxExtentFlat, vmfs and vmfsThin, so convert it first with: " +
+                                    "twoGbMaxExtentFlat and the vmfs types, so convert it first with: " +
                            conversion_hint(file_name));
 }
 

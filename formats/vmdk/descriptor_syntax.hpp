@@ -1,8 +1,8 @@
 #pragma once
 // Tokenizing of single VMDK descriptor lines: blank lines, comments, `key = value` pairs and extent lines.
 //
-// The grammar follows VMware's "Virtual Disk Format 1.1" and what qemu-img and VMware products write:
-// spaces and tabs separate tokens, values may be quoted ("...") or bare, and an extent line is
+// The grammar accepts what qemu-img 7.2 writes and the variants that qemu or libvmdk also read: spaces
+// and tabs separate tokens, values may be quoted ("...") or bare, and an extent line is
 // `ACCESS SECTORS TYPE ["FILE" [OFFSET]]`. Each function takes the line without its line ending and a
 // prefix "FILE: line N" for its error messages.
 

@@ -1,8 +1,8 @@
 #pragma once
 // The 512-byte header ("KDMV", VMDK4) at sector 0 of a hosted sparse extent.
 //
-// Layout and flags follow VMware's "Virtual Disk Format 1.1" and open-vmdk's vmware_vmdk.h; all
-// integers are little-endian and every offset and size is in 512-byte sectors.
+// Layout and flags follow VMware's open-vmdk (vmdk/vmware_vmdk.h). All integers are little-endian,
+// and every offset and size is in 512-byte sectors.
 
 #include <cstdint>
 #include <span>
@@ -64,8 +64,8 @@ SparseHeader decode_sparse_header(std::span<const std::uint8_t> bytes, std::stri
 //   - a descriptor area and grain directories inside the file, ending at or before overHead, which
 //     itself lies inside the file.
 //
-// VMware's specification asks for grainSize > 8, but qemu reads any power of two up to 0x200000 and
-// ESX redo logs use a grain of one sector, so every such value is accepted.
+// qemu-img writes 128-sector grains and qemu 7.2 reads any grain size up to 0x200000 sectors, so every
+// power of two from 1 to 0x200000 is accepted.
 //
 // Throws UnsupportedInput for a well-formed header with a feature vmcrypt does not handle and
 // InvalidInput for a damaged one; each message names the file and the header field.

@@ -146,8 +146,8 @@ void VmdkDisk::open_embedded(File file, const std::string& name)
                            " differs from the sparse header's capacity " + std::to_string(header.capacity) +
                            "; correct the sector count on the extent line");
 
-    // NOTE: the extent line's file name is not checked: the extent is this file by definition, and qemu
-    // also ignores the name, so a renamed monolithicSparse file still opens.
+    // NOTE: the extent line's file name is not checked, because the extent is this file by definition.
+    // qemu ignores the name too, so a renamed monolithicSparse file still opens.
     files_.push_back(std::make_unique<File>(std::move(file)));
     SparseExtentScan scan = scan_sparse_extent(*files_[0], header, 0, 0, name);
     extents_.push_back(Extent{line, 0, 0, file_size, scan.allocated_bytes});
