@@ -136,7 +136,18 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
             throw Interrupted(where + ": an unfinished " + to_string(unfinished) + " is recorded in " +
                               journal_path.string() + "; finish it first with: " + resume_command(unfinished, disk_path));
 
-        SecureBytes dek = unlock_dek(summary->header.record, sources, where);
+        // The header is authenticated only after the DEK is known; until then a damaged header shows up as
+        // an unreadable record, which must be reported as a damaged journal, not as a damaged disk.
+        SecureBytes dek;
+        try {
+            dek = unlock_dek(summary->header.record, sources, where);
+        } catch (const InvalidInput& e) {
+            throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
+                               "); keep the journal and the disk as they are and restore the disk from a backup");
+        } catch (const UnsupportedInput& e) {
+            throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
+                               "); keep the journal and the disk as they are and restore the disk from a backup");
+        }
         Journal journal = Journal::open(journal_path, dek);
         JournalEntry newest = journal.newest();
         if (auto lock_folder = find_vmware_lock(path))

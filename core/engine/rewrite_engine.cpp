@@ -3,7 +3,6 @@
 #include "core/crypto/unit_hash.hpp"
 #include "core/crypto/xts.hpp"
 #include "core/engine/fault_injection.hpp"
-#include "core/engine/mapped_window.hpp"
 #include "core/engine/parallel_parts.hpp"
 #include "core/engine/run_stream.hpp"
 #include "core/engine/unit_transform.hpp"
@@ -117,8 +116,14 @@ struct RewriteEngine::Impl {
         sync_files(segments);
     }
 
-    // Rewrites windows from `position` to the end, then completes the operation. Each window is mapped
-    // and split into one part per thread for hashing and XTS.
+    // Rewrites windows from `position` to the end, then completes the operation. Each window is split
+    // into one part per thread; every part does its own reads, hashing, XTS and writes, so the copies
+    // to and from the page cache are spread over the cores as well as the crypto.
+    //
+    // XTS runs on a private buffer and reaches the file only through pwrite. Transforming in place in
+    // a shared mapping would expose half-done XTS passes (plaintext XOR tweak) to the file when the
+    // process is killed, and such a unit is neither old nor new, so recovery could not repair it. A
+    // pwrite that a signal interrupts stops at a page boundary, so each 512-byte unit is whole.
     std::uint64_t run_windows(Journal& journal, std::uint64_t position, Direction direction,
                               const MetadataWrite& final_metadata)
     {
@@ -126,12 +131,15 @@ struct RewriteEngine::Impl {
         const std::uint64_t window = journal.header().window_size;
         std::uint64_t rewritten = 0;
 
+        // One buffer for all windows, not zero-filled: every byte is read before it is used.
+        std::unique_ptr<std::uint8_t[]> storage(new std::uint8_t[std::min(window, std::max<std::uint64_t>(total, 512))]);
+        std::uint8_t* buffer = storage.get();
+
         while (position < total) {
             check_stop(position);
             const std::uint64_t length = std::min(window, total - position);
             const std::uint64_t units = length / 512;
             const std::vector<RunSegment> segments = stream.segments(position, length);
-            MappedWindow mapped(files, segments);
 
             JournalEntry entry;
             entry.phase = JournalPhase::window;
@@ -139,22 +147,21 @@ struct RewriteEngine::Impl {
             entry.window_length = length;
             entry.unit_hashes.resize(units);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                mapped.for_each_piece(first, end, [&](std::span<std::uint8_t> bytes, std::uint64_t, std::uint64_t unit) {
-                    hash_units(bytes, {entry.unit_hashes.data() + unit, bytes.size() / 512});
-                });
+                read_range(buffer, segments, first * 512, end * 512);
+                hash_units({buffer + first * 512, (end - first) * 512}, {entry.unit_hashes.data() + first, end - first});
             });
             journal.append(entry);
             // COMMIT POINT: the window's old unit hashes are durable; from here a crash needs recovery.
             fault_point("window-journaled");
 
+            std::span<std::uint8_t> whole(buffer, length);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                mapped.for_each_piece(first, end, [&](std::span<std::uint8_t> bytes, std::uint64_t sector, std::uint64_t) {
-                    transform_run(cipher, direction, bytes, sector);
-                });
+                transform_units(cipher, direction, whole, segments, {}, first, end);
+                write_range(buffer, segments, first * 512, end * 512);
                 if (first == 0)
                     fault_point("window-half-written");
             });
-            mapped.sync();
+            sync_files(segments);
             fault_point("window-synced");
 
             position += length;

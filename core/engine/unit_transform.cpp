@@ -17,13 +17,6 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
     return accumulated == 0;
 }
 
-void transform_run(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> data,
-                   std::uint64_t first_sector)
-{
-    std::vector<RunSegment> whole = {{0, 0, data.size(), first_sector, 0}};
-    transform_units(cipher, direction, data, whole, {}, 0, data.size() / 512);
-}
-
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit)

@@ -16,10 +16,6 @@ enum class Direction { encrypt, decrypt };
 
 bool is_zero_unit(std::span<const std::uint8_t> unit);
 
-// Transforms contiguous units whose tweaks count up from first_sector, skipping all-zero units.
-void transform_run(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> data,
-                   std::uint64_t first_sector);
-
 // Transforms units [first_unit, end_unit) of `buffer`, on the calling thread. `segments` give each
 // unit's tweak; `selected`, when non-empty, limits the transform to units whose flag is set.
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,

@@ -62,11 +62,12 @@ void check_metadata_region(const HeaderErrors& errors, const std::string& field,
     if (offset == 0)
         throw errors.invalid(field, "is 0, which is the header's own sector" + std::string(damaged));
     if (offset > file_sectors || count > file_sectors - offset)
-        throw errors.invalid(field, std::to_string(offset) + " (" + sector_count(count) +
-                                        ") lies past the end of the file (" + sector_count(file_sectors) +
+        throw errors.invalid(field, "region at sector " + std::to_string(offset) + ", " + sector_count(count) +
+                                        " long, ends past the end of the file (" + sector_count(file_sectors) +
                                         "); the file is truncated or the header is damaged");
     if (offset + count > overhead)
-        throw errors.invalid(field, std::to_string(offset) + " (" + sector_count(count) + ") ends past overHead " +
+        throw errors.invalid(field, "region at sector " + std::to_string(offset) + ", " + sector_count(count) +
+                                        " long, ends past overHead " +
                                         std::to_string(overhead) + ", where the grains start" + damaged);
 }
 

@@ -132,7 +132,7 @@ std::vector<MalformedDisk> malformed_disks()
              patch_le(path, gd_offset_field, 100000, 8);
              return path;
          },
-         Expected::invalid, "sparse header: gdOffset 100000"},
+         Expected::invalid, "sparse header: gdOffset region at sector 100000"},
         {"numGTEsPerGT not 512",
          [](const TempFolder& f) {
              auto path = make_sparse(f);
@@ -167,7 +167,7 @@ std::vector<MalformedDisk> malformed_disks()
              patch_le(path, descriptor_offset_field, 1000000, 8);
              return path;
          },
-         Expected::invalid, "sparse header: descriptorOffset 1000000"},
+         Expected::invalid, "sparse header: descriptorOffset region at sector 1000000"},
         {"newline detector damaged",
          [](const TempFolder& f) {
              auto path = make_sparse(f);

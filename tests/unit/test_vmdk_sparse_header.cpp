@@ -152,20 +152,20 @@ TEST(VmdkSparseHeader, RejectsBadFields)
     add("GTEs 0", [](HeaderFields& f) { f.num_gtes_per_gt = 0; }, "numGTEsPerGT 0 is not 512");
     add("capacity overflow", [](HeaderFields& f) { f.capacity = UINT64_MAX / 512 + 1; }, "capacity 36028797018963968");
     add("capacity max", [](HeaderFields& f) { f.capacity = UINT64_MAX; }, "capacity 18446744073709551615");
-    add("huge GD", [](HeaderFields& f) { f.capacity = UINT64_MAX / 512; f.grain_size = 1; }, "gdOffset 38");
+    add("huge GD", [](HeaderFields& f) { f.capacity = UINT64_MAX / 512; f.grain_size = 1; }, "gdOffset region at sector 38");
     add("overHead 0", [](HeaderFields& f) { f.overhead = 0; }, "overHead is 0");
     add("overHead past end", [](HeaderFields& f) { f.overhead = 129; }, "overHead 129 sectors is past the end");
     add("truncated file", [](HeaderFields&) {}, "overHead 128 sectors is past the end", false, 65535);
     add("descriptorSize 0", [](HeaderFields& f) { f.descriptor_size = 0; }, "descriptorSize 0");
     add("descriptorSize huge", [](HeaderFields& f) { f.descriptor_size = 4096; }, "descriptorSize 4096");
-    add("descriptor past end", [](HeaderFields& f) { f.descriptor_offset = 1000; }, "descriptorOffset 1000 (20 sectors) lies past the end");
-    add("descriptor offset max", [](HeaderFields& f) { f.descriptor_offset = UINT64_MAX; }, "descriptorOffset 18446744073709551615");
+    add("descriptor past end", [](HeaderFields& f) { f.descriptor_offset = 1000; }, "descriptorOffset region at sector 1000, 20 sectors long, ends past the end");
+    add("descriptor offset max", [](HeaderFields& f) { f.descriptor_offset = UINT64_MAX; }, "descriptorOffset region at sector 18446744073709551615");
     add("descriptor past overHead", [](HeaderFields& f) { f.overhead = 10; f.gd_offset = 2; f.rgd_offset = 3; },
-        "descriptorOffset 1 (20 sectors) ends past overHead 10");
+        "descriptorOffset region at sector 1, 20 sectors long, ends past overHead 10");
     add("GD 0", [](HeaderFields& f) { f.gd_offset = 0; }, "gdOffset is 0");
-    add("GD past end", [](HeaderFields& f) { f.gd_offset = 5000; }, "gdOffset 5000 (1 sector) lies past the end");
-    add("GD past overHead", [](HeaderFields& f) { f.overhead = 30; }, "gdOffset 38 (1 sector) ends past overHead 30");
-    add("RGD past end", [](HeaderFields& f) { f.rgd_offset = 1u << 30; }, "rgdOffset 1073741824");
+    add("GD past end", [](HeaderFields& f) { f.gd_offset = 5000; }, "gdOffset region at sector 5000, 1 sector long, ends past the end");
+    add("GD past overHead", [](HeaderFields& f) { f.overhead = 30; }, "gdOffset region at sector 38, 1 sector long, ends past overHead 30");
+    add("RGD past end", [](HeaderFields& f) { f.rgd_offset = 1u << 30; }, "rgdOffset region at sector 1073741824");
     add("GD over descriptor", [](HeaderFields& f) { f.gd_offset = 5; }, "gdOffset 5: the grain directory overlaps the embedded descriptor");
     add("RGD over descriptor", [](HeaderFields& f) { f.rgd_offset = 20; }, "rgdOffset 20: the redundant grain directory overlaps");
 
