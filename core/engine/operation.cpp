@@ -114,8 +114,42 @@ SecureBytes unlock_dek(const RecordFields& fields, KeySources& sources, const st
                          "); pass --key-file, --passphrase-file or --keystore accordingly");
 }
 
+namespace {
+
+OperationReport start_or_resume(Operation operation, const std::filesystem::path& disk_path, KeySources& sources,
+                                RewriteOptions options, const DiskOpener& opener);
+
+}  // namespace
+
 OperationReport run_operation(Operation operation, const std::filesystem::path& disk_path, KeySources& sources,
                               RewriteOptions options, const DiskOpener& opener)
+{
+    std::error_code ec;
+    const std::filesystem::path journal_path =
+        std::filesystem::exists(disk_path, ec) ? Journal::path_for(std::filesystem::weakly_canonical(disk_path))
+                                               : std::filesystem::path();
+    const bool had_journal = !journal_path.empty() && std::filesystem::exists(journal_path, ec);
+    try {
+        return start_or_resume(operation, disk_path, sources, std::move(options), opener);
+    } catch (const Interrupted&) {
+        throw;
+    } catch (const Error& e) {
+        // "Recovery needed": the journal exists, so the disk is mid-operation and consistent. Say how to
+        // finish; failures before the journal existed changed nothing and keep their message.
+        if (journal_path.empty() || !std::filesystem::exists(journal_path, ec))
+            throw;
+        if (had_journal && e.code() != ExitCode::io_error)
+            throw;
+        throw Error(e.code(), std::string(e.what()) + "; the " + to_string(operation) +
+                                  " is unfinished but the disk is consistent: fix the cause and run `" +
+                                  resume_command(operation, disk_path) + "` to resume");
+    }
+}
+
+namespace {
+
+OperationReport start_or_resume(Operation operation, const std::filesystem::path& disk_path, KeySources& sources,
+                                RewriteOptions options, const DiskOpener& opener)
 {
     std::error_code ec;
     if (!std::filesystem::exists(disk_path, ec))
@@ -253,5 +287,7 @@ OperationReport run_operation(Operation operation, const std::filesystem::path& 
     }
     return report;
 }
+
+}  // namespace
 
 }  // namespace vmcrypt
