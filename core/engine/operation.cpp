@@ -170,8 +170,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
             throw Interrupted(where + ": an unfinished " + to_string(unfinished) + " is recorded in " +
                               journal_path.string() + "; finish it first with: " + resume_command(unfinished, disk_path));
 
-        // The header is authenticated only after the DEK is known; until then a damaged header shows up as
-        // an unreadable record, which must be reported as a damaged journal, not as a damaged disk.
+        // The header is authenticated only once the DEK is known. Until then a damaged header shows up as
+        // an unreadable record, so report it as a damaged journal, not as a damaged disk.
         SecureBytes dek;
         try {
             dek = unlock_dek(summary->header.record, sources, where);

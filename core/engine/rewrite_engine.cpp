@@ -117,8 +117,8 @@ struct RewriteEngine::Impl {
     }
 
     // Rewrites windows from `position` to the end, then completes the operation. Each window is split
-    // into one part per thread; every part does its own reads, hashing, XTS and writes, so the copies
-    // to and from the page cache are spread over the cores as well as the crypto.
+    // into one part per thread, and each part does its own reads, hashing, XTS and writes. So the page
+    // cache copies are spread over the cores, not only the crypto.
     //
     // XTS runs on a private buffer and reaches the file only through pwrite. Transforming in place in
     // a shared mapping would expose half-done XTS passes (plaintext XOR tweak) to the file when the

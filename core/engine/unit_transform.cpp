@@ -39,9 +39,9 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
         std::uint64_t group_start = begin;
         std::uint64_t group_length = 0;
         for (std::uint64_t unit = begin; unit < end; ++unit) {
-            bool wanted = (selected.empty() || selected[unit]) &&
+            bool needs_transform = (selected.empty() || selected[unit]) &&
                           !is_zero_unit(buffer.subspan(unit * 512, 512));
-            if (wanted) {
+            if (needs_transform) {
                 if (group_length == 0)
                     group_start = unit;
                 ++group_length;
