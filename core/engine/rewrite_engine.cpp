@@ -156,7 +156,7 @@ struct RewriteEngine::Impl {
 
             std::span<std::uint8_t> whole(buffer, length);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                transform_units(cipher, direction, whole, segments, {}, first, end);
+                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes);
                 write_range(buffer, segments, first * 512, end * 512);
                 if (first == 0)
                     fault_point("window-half-written");

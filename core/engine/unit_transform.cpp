@@ -1,5 +1,7 @@
 #include "core/engine/unit_transform.hpp"
 
+#include "core/crypto/unit_hash.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <thread>
@@ -19,8 +21,18 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
 
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                     std::uint64_t first_unit, std::uint64_t end_unit)
+                     std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes)
 {
+    static const std::uint64_t zero_unit_hash = [] {
+        std::uint8_t zeros[512] = {};
+        return unit_hash(zeros);
+    }();
+    auto is_zero = [&](std::uint64_t unit) {
+        if (unit_hashes && (*unit_hashes)[unit] != zero_unit_hash)
+            return false;
+        return is_zero_unit(buffer.subspan(unit * 512, 512));
+    };
+
     auto apply = [&](std::uint64_t unit, std::uint64_t count, std::uint64_t sector) {
         std::span<std::uint8_t> data = buffer.subspan(unit * 512, count * 512);
         if (direction == Direction::encrypt)
@@ -39,8 +51,7 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
         std::uint64_t group_start = begin;
         std::uint64_t group_length = 0;
         for (std::uint64_t unit = begin; unit < end; ++unit) {
-            bool needs_transform = (selected.empty() || selected[unit]) &&
-                          !is_zero_unit(buffer.subspan(unit * 512, 512));
+            bool needs_transform = (selected.empty() || selected[unit]) && !is_zero(unit);
             if (needs_transform) {
                 if (group_length == 0)
                     group_start = unit;
@@ -68,8 +79,7 @@ void transform_window(const XtsCipher& cipher, Direction direction, std::span<st
     for (unsigned t = 1; t < threads; ++t) {
         std::uint64_t first = std::min(units, t * per_thread);
         std::uint64_t end = std::min(units, first + per_thread);
-        workers.emplace_back(transform_units, std::cref(cipher), direction, buffer, std::cref(segments),
-                             std::cref(selected), first, end);
+        workers.emplace_back([&, first, end] { transform_units(cipher, direction, buffer, segments, selected, first, end); });
     }
     transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread));
     for (std::thread& worker : workers)

@@ -17,10 +17,13 @@ enum class Direction { encrypt, decrypt };
 bool is_zero_unit(std::span<const std::uint8_t> unit);
 
 // Transforms units [first_unit, end_unit) of `buffer`, on the calling thread. `segments` give each
-// unit's tweak; `selected`, when non-empty, limits the transform to units whose flag is set.
+// unit's tweak; `selected`, when non-empty, limits the transform to units whose flag is set. With
+// `unit_hashes` (unit_hash of every unit of the buffer) only units that hash like a zero unit are
+// scanned for zeros, which saves a pass over the data.
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                     std::uint64_t first_unit, std::uint64_t end_unit);
+                     std::uint64_t first_unit, std::uint64_t end_unit,
+                     const std::vector<std::uint64_t>* unit_hashes = nullptr);
 
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
