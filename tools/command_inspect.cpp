@@ -133,7 +133,7 @@ void print_text(const json& report)
             std::string detail;
             for (auto it = slot.begin(); it != slot.end(); ++it)
                 if (it.key() != "index" && it.key() != "type" && it.key() != "salt")
-                    detail += " " + it.key() + "=" + (it->is_string() ? it->get<std::string>() : it->dump());
+                    detail += " " + it.key() + "=" + (it->is_string() ? it->get<std::string>() : it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
             std::printf("  key slot %d: %s%s\n", slot["index"].get<int>(), slot["type"].get<std::string>().c_str(),
                         detail.c_str());
         }
@@ -198,7 +198,7 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
                    {"inUse", in_use}};
 
     if (global.json)
-        std::printf("%s\n", report.dump(2).c_str());
+        std::printf("%s\n", report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     else if (!global.quiet)
         print_text(report);
     return 0;

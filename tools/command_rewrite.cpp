@@ -59,7 +59,7 @@ int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteC
                                  {"resumed", report.result.resumed},
                                  {"seconds", seconds},
                                  {"keySlots", report.key_slots}};
-        std::printf("%s\n", result.dump(2).c_str());
+        std::printf("%s\n", result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else if (!global.quiet) {
         std::printf("%s: %s (%s of data%s)\n", options.disk.c_str(), state,
                     format_bytes(report.result.bytes_total).c_str(), report.result.resumed ? ", resumed" : "");

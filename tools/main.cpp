@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -24,6 +25,9 @@ void protect_process()
     struct rlimit none {0, 0};
     ::setrlimit(RLIMIT_CORE, &none);
     ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    // A closed progress or output pipe must not kill a rewrite mid-window; writes to it just fail.
+    ::signal(SIGPIPE, SIG_IGN);
 }
 
 void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool encrypting)
@@ -81,7 +85,7 @@ int report_error(const vmcrypt::cli::GlobalOptions& global, int code, const std:
     std::fprintf(stderr, "vmcrypt: %s\n", one_line(message).c_str());
     if (global.json) {
         nlohmann::json error = {{"schema", "vmcrypt-error/1"}, {"exitCode", code}, {"error", one_line(message)}};
-        std::printf("%s\n", error.dump().c_str());
+        std::printf("%s\n", error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return code;
 }

@@ -4,6 +4,7 @@
 #include "core/io/file.hpp"
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <termios.h>
@@ -43,17 +44,37 @@ SecureBytes read_all(int fd, const std::string& what)
     return bytes;
 }
 
+// The terminal state to restore when Ctrl-C ends a prompt, read by the signal handler.
+int prompt_tty = -1;
+struct termios prompt_saved_termios {};
+
+// Restores echo and ends the process as the signal would: nothing has been written to a disk yet.
+extern "C" void end_prompt(int signal_number)
+{
+    if (prompt_tty >= 0)
+        ::tcsetattr(prompt_tty, TCSAFLUSH, &prompt_saved_termios);
+    ::signal(signal_number, SIG_DFL);
+    ::raise(signal_number);
+}
+
 SecureBytes read_line_without_echo(int tty, const std::string& prompt)
 {
     ::write(tty, prompt.data(), prompt.size());
 
     struct termios saved {};
     bool restore = ::tcgetattr(tty, &saved) == 0;
+    struct sigaction on_signal {}, old_interrupt {}, old_terminate {};
+    on_signal.sa_handler = end_prompt;
+    sigemptyset(&on_signal.sa_mask);
     if (restore) {
+        prompt_tty = tty;
+        prompt_saved_termios = saved;
         struct termios quiet = saved;
         quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
         ::tcsetattr(tty, TCSAFLUSH, &quiet);
     }
+    ::sigaction(SIGINT, &on_signal, &old_interrupt);
+    ::sigaction(SIGTERM, &on_signal, &old_terminate);
 
     SecureBytes line;
     char c = 0;
@@ -64,8 +85,11 @@ SecureBytes read_line_without_echo(int tty, const std::string& prompt)
     }
     c = 0;
 
+    ::sigaction(SIGINT, &old_interrupt, nullptr);
+    ::sigaction(SIGTERM, &old_terminate, nullptr);
     if (restore)
         ::tcsetattr(tty, TCSAFLUSH, &saved);
+    prompt_tty = -1;
     ::write(tty, "\n", 1);
     return line;
 }

@@ -64,7 +64,7 @@ void ProgressReporter::print(const Progress& progress, bool /*final*/)
                                {"bytesTotal", progress.bytes_total},
                                {"bytesPerSecond", static_cast<std::uint64_t>(rate)},
                                {"etaSeconds", static_cast<std::uint64_t>(eta + 0.5)}};
-        std::fprintf(stderr, "%s\n", line.dump().c_str());
+        std::fprintf(stderr, "%s\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
         std::fflush(stderr);
         return;
     }

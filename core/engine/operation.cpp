@@ -218,8 +218,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         if (current.state != RecordState::encrypted)
             throw InvalidInput(where + ": the encryption record says \"" + to_string(current.state) +
                                "\" but the journal " + journal_path.string() +
-                               " is missing, so the interrupted operation cannot be finished; restore the "
-                               "journal file");
+                               " is missing, so the interrupted operation cannot be finished safely; restore the "
+                               "disk from a backup (an older copy of the journal would rewrite finished windows again)");
     }
 
     RewritePlan plan;

@@ -8,6 +8,7 @@
 #include "core/engine/unit_transform.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
+#include "core/log.hpp"
 
 #include <algorithm>
 #include <set>
@@ -108,8 +109,13 @@ struct RewriteEngine::Impl {
         std::vector<std::uint64_t> hashes(entry.unit_hashes.size());
         hash_units(buffer, hashes);
         std::vector<bool> still_old(hashes.size());
-        for (std::size_t i = 0; i < hashes.size(); ++i)
+        std::size_t old_count = 0;
+        for (std::size_t i = 0; i < hashes.size(); ++i) {
             still_old[i] = hashes[i] == entry.unit_hashes[i];
+            old_count += still_old[i] ? 1 : 0;
+        }
+        log_info("recovering the window at stream offset " + std::to_string(entry.window_start) + ": " +
+                 std::to_string(old_count) + " of " + std::to_string(hashes.size()) + " units still to rewrite");
 
         transform_window(cipher, direction, buffer, segments, still_old, options.threads);
         write_range(buffer.data(), segments, 0, buffer.size());
@@ -151,6 +157,9 @@ struct RewriteEngine::Impl {
                 hash_units({buffer + first * 512, (end - first) * 512}, {entry.unit_hashes.data() + first, end - first});
             });
             journal.append(entry);
+            log_debug("window at stream offset " + std::to_string(position) + ", " + std::to_string(length) +
+                      " bytes in " + std::to_string(segments.size()) + " segments: journaled as entry " +
+                      std::to_string(entry.sequence));
             // COMMIT POINT: the window's old unit hashes are durable; from here a crash needs recovery.
             fault_point("window-journaled");
 
@@ -214,6 +223,8 @@ RewriteResult RewriteEngine::start(const RewritePlan& plan)
     // COMMIT POINT: the journal exists. Failures from here on leave an unfinished operation that re-running
     // the same command completes; before it, nothing on the disk had changed.
     fault_point("journal-created");
+    log_info(to_string(plan.operation) + ": " + std::to_string(header.total_bytes) + " data bytes, windows of " +
+             std::to_string(header.window_size) + " bytes, journal created");
 
     disk_.apply(plan.start_metadata);
     fault_point("start-metadata-written");
@@ -236,6 +247,8 @@ RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_
 
     Direction direction = direction_of(header.operation);
     JournalEntry entry = journal.newest();
+    log_info("resuming " + to_string(header.operation) + " from journal entry " + std::to_string(entry.sequence) +
+             " (phase " + std::to_string(static_cast<int>(entry.phase)) + ")");
     std::uint64_t position = 0;
 
     RewriteResult result;

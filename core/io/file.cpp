@@ -23,7 +23,8 @@ namespace {
 
 File File::open(const std::filesystem::path& path, Access access)
 {
-    int flags = O_CLOEXEC | (access == Access::read_only ? O_RDONLY : O_RDWR);
+    // O_NONBLOCK keeps a FIFO from blocking the open; anything but a regular file is rejected below.
+    int flags = O_CLOEXEC | O_NONBLOCK | (access == Access::read_only ? O_RDONLY : O_RDWR);
     int fd = ::open(path.c_str(), flags | (access == Access::read_only ? O_NOATIME : 0));
     if (fd < 0 && errno == EPERM && access == Access::read_only)
         fd = ::open(path.c_str(), flags);  // O_NOATIME needs file ownership
@@ -34,6 +35,13 @@ File File::open(const std::filesystem::path& path, Access access)
     file.fd_ = fd;
     file.access_ = access;
     file.path_ = path;
+
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        throw_errno("stat", path);
+    if (!S_ISREG(st.st_mode))
+        throw InvalidInput(path.string() + ": not a regular file; vmcrypt works on disk image files only");
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     return file;
 }
 
@@ -174,14 +182,32 @@ void sync_directory(const std::filesystem::path& directory)
 
 std::string read_small_file(const std::filesystem::path& path, std::size_t max_bytes)
 {
-    File file = File::open(path, Access::read_only);
-    std::uint64_t size = file.size();
-    if (size > max_bytes)
-        throw InvalidInput(path.string() + ": file is " + std::to_string(size) + " bytes, more than the " +
-                           std::to_string(max_bytes) + " bytes allowed");
-    std::string text(static_cast<std::size_t>(size), '\0');
-    std::size_t n = file.read_at(0, {reinterpret_cast<std::uint8_t*>(text.data()), text.size()});
-    text.resize(n);
+    // Reads with read(2) until end of file, so pipes and process substitutions work as well as files.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        throw_errno("open", path);
+    struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+    } closer{fd};
+
+    std::string text;
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = ::read(fd, chunk, sizeof chunk);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            throw_errno("read", path);
+        }
+        if (n == 0)
+            break;
+        if (text.size() + static_cast<std::size_t>(n) > max_bytes)
+            throw InvalidInput(path.string() + ": file is more than the " + std::to_string(max_bytes) +
+                               " bytes allowed");
+        text.append(chunk, static_cast<std::size_t>(n));
+    }
+    ::explicit_bzero(chunk, sizeof chunk);  // key files pass through here
     return text;
 }
 
