@@ -3,10 +3,12 @@
 #include "core/crypto/kdf.hpp"
 #include "core/crypto/mac.hpp"
 #include "core/crypto/random.hpp"
+#include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "core/record/encryption_record.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <unistd.h>
 
@@ -19,9 +21,10 @@ constexpr std::uint32_t journal_version = 1;
 // The unit hash the entries were made with; recovery must compare with the same function.
 constexpr std::uint32_t unit_hash_xxh3_64 = 1;
 constexpr char header_magic[8] = {'V', 'M', 'C', 'R', 'Y', 'P', 'T', 'J'};
-constexpr char entry_magic[8] = {'V', 'M', 'C', 'J', 'E', 'N', 'T', '1'};
+constexpr char entry_magic[8] = {'V', 'M', 'C', 'J', 'E', 'N', 'T', '2'};
 constexpr std::string_view mac_label = "vmcrypt journal mac v1";
-constexpr std::size_t entry_fixed_bytes = 8 + 8 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8;
+// An entry is a 512-byte header sector followed by its body (metadata bytes, then unit hashes).
+constexpr std::size_t entry_header_size = 512;
 constexpr std::size_t mac_size = 32;
 // A journal never needs more: 1 GiB windows give 16 MiB of unit hashes.
 constexpr std::uint64_t max_slot_size = 64ull << 20;
@@ -141,7 +144,8 @@ JournalHeader decode_header(const std::uint8_t* data, std::size_t size, std::siz
     return header;
 }
 
-std::vector<std::uint8_t> encode_entry(const JournalEntry& entry)
+// The fields of an entry's header sector, before its two MACs.
+std::vector<std::uint8_t> encode_entry_fields(const JournalEntry& entry, std::uint64_t body_length)
 {
     Writer w;
     w.raw(entry_magic, 8);
@@ -151,24 +155,38 @@ std::vector<std::uint8_t> encode_entry(const JournalEntry& entry)
     w.u64(entry.window_start);
     w.u64(entry.window_length);
     w.u64(entry.unit_hashes.size());
-    if (entry.metadata) {
-        const MetadataWrite& m = *entry.metadata;
-        w.u64(m.bytes.size());
-        w.u64(m.file_index);
-        w.u64(m.offset);
-        w.u64(m.truncate_to ? 1 : 0);
-        w.u64(m.truncate_to.value_or(0));
-        w.raw(m.bytes.data(), m.bytes.size());
-    } else {
-        for (int i = 0; i < 5; ++i)
-            w.u64(0);
-    }
+    const MetadataWrite empty;
+    const MetadataWrite& m = entry.metadata ? *entry.metadata : empty;
+    w.u64(m.bytes.size());
+    w.u64(m.file_index);
+    w.u64(m.offset);
+    w.u64(m.truncate_to ? 1 : 0);
+    w.u64(m.truncate_to.value_or(0));
+    w.u64(body_length);
+    return w.bytes;
+}
+
+std::vector<std::uint8_t> encode_entry_body(const JournalEntry& entry)
+{
+    Writer w;
+    if (entry.metadata)
+        w.raw(entry.metadata->bytes.data(), entry.metadata->bytes.size());
     for (std::uint64_t hash : entry.unit_hashes)
         w.u64(hash);
     return w.bytes;
 }
 
-JournalEntry decode_entry(const std::uint8_t* data, std::size_t size, std::size_t& encoded_length)
+// An entry header as read back: the fields, where its body is, and the MACs to check.
+struct EntryHeader {
+    JournalEntry entry;  // without metadata bytes and unit hashes
+    std::uint64_t metadata_length = 0;
+    std::uint64_t body_length = 0;
+    std::vector<std::uint8_t> fields;  // the encoded fields, as covered by the header MAC
+    std::array<std::uint8_t, 32> body_mac{};
+    std::array<std::uint8_t, 32> header_mac{};
+};
+
+EntryHeader decode_entry_header(const std::uint8_t* data, std::size_t size, std::uint64_t slot_size)
 {
     Reader r(data, size);
     char magic[8];
@@ -176,7 +194,8 @@ JournalEntry decode_entry(const std::uint8_t* data, std::size_t size, std::size_
     if (std::memcmp(magic, entry_magic, 8) != 0)
         throw InvalidInput("bad entry magic");
 
-    JournalEntry entry;
+    EntryHeader header;
+    JournalEntry& entry = header.entry;
     entry.sequence = r.u64();
     std::uint32_t phase = r.u32();
     if (phase < 1 || phase > 3)
@@ -186,27 +205,41 @@ JournalEntry decode_entry(const std::uint8_t* data, std::size_t size, std::size_
     entry.window_start = r.u64();
     entry.window_length = r.u64();
     std::uint64_t unit_count = r.u64();
-    std::uint64_t metadata_length = r.u64();
-    if (unit_count > size / 8 || metadata_length > size)
-        throw InvalidInput("entry sizes are invalid");
-
+    header.metadata_length = r.u64();
     MetadataWrite metadata;
     metadata.file_index = r.u64();
     metadata.offset = r.u64();
     bool truncate = r.u64() != 0;
     std::uint64_t truncate_to = r.u64();
-    if (entry.phase != JournalPhase::window) {
-        metadata.bytes.resize(metadata_length);
-        r.raw(metadata.bytes.data(), metadata.bytes.size());
-        if (truncate)
-            metadata.truncate_to = truncate_to;
+    header.body_length = r.u64();
+    if (unit_count > slot_size / 8 || header.metadata_length > slot_size ||
+        header.body_length != header.metadata_length + 8 * unit_count ||
+        header.body_length > slot_size - entry_header_size)
+        throw InvalidInput("entry sizes are invalid");
+    if (truncate)
+        metadata.truncate_to = truncate_to;
+    if (entry.phase != JournalPhase::window)
         entry.metadata = std::move(metadata);
-    }
     entry.unit_hashes.resize(unit_count);
-    for (std::uint64_t& hash : entry.unit_hashes)
+
+    header.fields.assign(data, data + r.position());
+    r.raw(header.body_mac.data(), header.body_mac.size());
+    r.raw(header.header_mac.data(), header.header_mac.size());
+    return header;
+}
+
+void decode_entry_body(const std::vector<std::uint8_t>& body, EntryHeader& header)
+{
+    Reader r(body.data(), body.size());
+    if (header.entry.metadata) {
+        header.entry.metadata->bytes.resize(header.metadata_length);
+        r.raw(header.entry.metadata->bytes.data(), header.metadata_length);
+    } else {
+        std::vector<std::uint8_t> skipped(header.metadata_length);
+        r.raw(skipped.data(), skipped.size());
+    }
+    for (std::uint64_t& hash : header.entry.unit_hashes)
         hash = r.u64();
-    encoded_length = r.position();
-    return entry;
 }
 
 // Entry `sequence` always lives in slot sequence % 2, so a new entry never overwrites the newest one.
@@ -233,11 +266,40 @@ struct Journal::State {
     SecureBytes mac_key;
     std::uint64_t sequence = 0;  // of the newest entry written or found
 
-    Mac entry_mac(const std::vector<std::uint8_t>& encoded, const JournalHeader& header) const
+    // MACs bind the journal id, so entries cannot be moved between journals; the body MAC also binds
+    // the sequence number, so a body left from an older entry never passes for a newer one.
+    Mac body_mac(const std::vector<std::uint8_t>& body, std::uint64_t entry_sequence, const JournalHeader& header) const
     {
-        std::vector<std::uint8_t> message(header.journal_id.begin(), header.journal_id.end());
-        message.insert(message.end(), encoded.begin(), encoded.end());
-        return hmac_sha256(mac_key, message);
+        Writer w;
+        w.raw(header.journal_id.data(), header.journal_id.size());
+        w.u64(entry_sequence);
+        w.raw(body.data(), body.size());
+        return hmac_sha256(mac_key, w.bytes);
+    }
+
+    Mac header_mac(const std::vector<std::uint8_t>& fields, const Mac& body, const JournalHeader& header) const
+    {
+        Writer w;
+        w.raw(header.journal_id.data(), header.journal_id.size());
+        w.raw(fields.data(), fields.size());
+        w.raw(body.data(), body.size());
+        return hmac_sha256(mac_key, w.bytes);
+    }
+
+    // The header sector and the body of an entry, ready to write.
+    std::pair<std::vector<std::uint8_t>, std::vector<std::uint8_t>> encode(const JournalEntry& entry,
+                                                                          const JournalHeader& header) const
+    {
+        std::vector<std::uint8_t> body = encode_entry_body(entry);
+        std::vector<std::uint8_t> sector = encode_entry_fields(entry, body.size());
+        Mac body_check = body_mac(body, entry.sequence, header);
+        Mac header_check = header_mac(sector, body_check, header);
+        sector.insert(sector.end(), body_check.begin(), body_check.end());
+        sector.insert(sector.end(), header_check.begin(), header_check.end());
+        sector.resize(entry_header_size, 0);
+        if (entry_header_size + body.size() > header.slot_size)
+            throw InvalidInput(path.string() + ": journal entry does not fit its slot");
+        return {std::move(sector), std::move(body)};
     }
 };
 
@@ -271,17 +333,16 @@ std::optional<JournalSummary> Journal::peek(const std::filesystem::path& path)
                            "); it was damaged or is not vmcrypt's");
     }
 
-    // The newest well-formed entry, without MAC verification.
-    std::vector<std::uint8_t> slot(summary.header.slot_size);
-    for (int index = 0; index < 2; ++index) {
-        std::uint64_t offset = header_area + static_cast<std::uint64_t>(index) * summary.header.slot_size;
-        std::size_t got = file.read_at(offset, slot);
+    // The newest well-formed entry header, without MAC verification (no body: inspect shows positions).
+    std::vector<std::uint8_t> sector(entry_header_size);
+    for (std::uint64_t sequence_parity = 0; sequence_parity < 2; ++sequence_parity) {
+        std::size_t got = file.read_at(slot_offset(sequence_parity, summary.header.slot_size), sector);
         try {
-            JournalEntry entry = decode_entry(slot.data(), got, length);
-            if (!summary.newest || entry.sequence > summary.newest->sequence)
-                summary.newest = std::move(entry);
+            EntryHeader header = decode_entry_header(sector.data(), got, summary.header.slot_size);
+            if (!summary.newest || header.entry.sequence > summary.newest->sequence)
+                summary.newest = std::move(header.entry);
         } catch (const std::exception&) {
-            // A torn or never-written slot.
+            // A never-written or damaged slot.
         }
     }
     return summary;
@@ -291,7 +352,7 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
                         std::size_t max_metadata_bytes, const SecureBytes& dek)
 {
     std::uint64_t units_per_window = header.window_size / 512;
-    header.slot_size = round_up(entry_fixed_bytes + max_metadata_bytes + 8 * units_per_window + mac_size, 4096);
+    header.slot_size = round_up(entry_header_size + max_metadata_bytes + 8 * units_per_window, 4096);
     if (header.slot_size > max_slot_size)
         throw UsageError("--window-size: a window of " + std::to_string(header.window_size >> 20) +
                          " MiB needs a journal slot above the 64 MiB limit; use a smaller window");
@@ -312,11 +373,7 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
 
     JournalEntry entry = first;
     entry.sequence = 1;
-    std::vector<std::uint8_t> body = encode_entry(entry);
-    Mac body_mac = journal.state_->entry_mac(body, header);
-    body.insert(body.end(), body_mac.begin(), body_mac.end());
-    if (body.size() > header.slot_size)
-        throw InvalidInput(path.string() + ": journal entry does not fit its slot");
+    auto [sector, body] = journal.state_->encode(entry, header);
 
     // COMMIT POINT: the journal appears under its real name only once complete and durable.
     std::filesystem::path temporary = path;
@@ -325,7 +382,8 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
     {
         File file = File::create_new(temporary, 0600);
         file.write_exact(0, head);
-        file.write_exact(slot_offset(entry.sequence, header.slot_size), body);
+        file.write_exact(slot_offset(entry.sequence, header.slot_size), sector);
+        file.write_exact(slot_offset(entry.sequence, header.slot_size) + entry_header_size, body);
         file.truncate(header_area + 2 * header.slot_size);
         file.sync_all();
     }
@@ -362,43 +420,68 @@ Journal Journal::open(const std::filesystem::path& path, const SecureBytes& dek)
 
 JournalEntry Journal::newest() const
 {
-    std::optional<JournalEntry> best;
-    std::vector<std::uint8_t> slot(header_.slot_size);
-    for (int index = 0; index < 2; ++index) {
-        std::uint64_t offset = header_area + static_cast<std::uint64_t>(index) * header_.slot_size;
-        std::size_t got = state_->file.read_at(offset, slot);
-        std::size_t length = 0;
-        JournalEntry entry;
+    const std::string damaged = state_->path.string() + ": the journal is damaged (";
+    const std::string cannot_resume = "); the last window may already be rewritten, so vmcrypt cannot resume "
+                                      "safely: keep the journal and the disk as they are and restore the disk from "
+                                      "a backup";
+
+    // Header sectors are written whole (the atomic unit), after their body is durable. So after any crash
+    // both slots hold a valid header, except slot 0 before the second entry, which is still all zeros.
+    std::optional<EntryHeader> headers[2];
+    bool never_written[2] = {false, false};
+    std::vector<std::uint8_t> sector(entry_header_size);
+    for (std::uint64_t parity = 0; parity < 2; ++parity) {
+        std::size_t got = state_->file.read_at(slot_offset(parity, header_.slot_size), sector);
+        never_written[parity] = got == sector.size() &&
+                                std::all_of(sector.begin(), sector.end(), [](std::uint8_t b) { return b == 0; });
         try {
-            entry = decode_entry(slot.data(), got, length);
+            EntryHeader header = decode_entry_header(sector.data(), got, header_.slot_size);
+            Mac expected = state_->header_mac(header.fields, header.body_mac, header_);
+            if (equal_constant_time(expected, header.header_mac) && header.entry.sequence % 2 == parity)
+                headers[parity] = std::move(header);
         } catch (const std::exception&) {
-            continue;  // torn or never written
+            // Judged below.
         }
-        if (length + mac_size > got)
-            continue;
-        std::vector<std::uint8_t> encoded(slot.begin(), slot.begin() + static_cast<std::ptrdiff_t>(length));
-        Mac expected = state_->entry_mac(encoded, header_);
-        if (!equal_constant_time(expected, {slot.data() + length, mac_size}))
-            continue;
-        if (!best || entry.sequence > best->sequence)
-            best = std::move(entry);
     }
-    if (!best)
-        throw InvalidInput(state_->path.string() + ": no journal entry passes its MAC check; the journal is damaged");
-    state_->sequence = best->sequence;
-    return *best;
+
+    std::uint64_t newest_parity = 0;
+    if (!headers[0] && !headers[1])
+        throw InvalidInput(damaged + "no entry header passes its MAC check" + cannot_resume);
+    if (!headers[0] || (headers[1] && headers[1]->entry.sequence > headers[0]->entry.sequence))
+        newest_parity = 1;
+    EntryHeader& newest = *headers[newest_parity];
+    std::uint64_t other = 1 - newest_parity;
+    if (!headers[other] && !(newest.entry.sequence == 1 && never_written[other]))
+        throw InvalidInput(damaged + "the header of the entry before " + std::to_string(newest.entry.sequence) +
+                           " fails its MAC check" + cannot_resume);
+
+    // The newest entry's body must be intact: its header was written only after the body was synced.
+    std::vector<std::uint8_t> body(newest.body_length);
+    std::uint64_t body_offset = slot_offset(newest.entry.sequence, header_.slot_size) + entry_header_size;
+    if (!state_->file.read_exact(body_offset, body))
+        throw InvalidInput(damaged + "entry " + std::to_string(newest.entry.sequence) + " is cut short" + cannot_resume);
+    Mac expected = state_->body_mac(body, newest.entry.sequence, header_);
+    if (!equal_constant_time(expected, newest.body_mac))
+        throw InvalidInput(damaged + "the body of entry " + std::to_string(newest.entry.sequence) +
+                           " fails its MAC check" + cannot_resume);
+    decode_entry_body(body, newest);
+
+    state_->sequence = newest.entry.sequence;
+    return newest.entry;
 }
 
 void Journal::append(JournalEntry& entry)
 {
     entry.sequence = state_->sequence + 1;
-    std::vector<std::uint8_t> body = encode_entry(entry);
-    Mac body_mac = state_->entry_mac(body, header_);
-    body.insert(body.end(), body_mac.begin(), body_mac.end());
-    if (body.size() > header_.slot_size)
-        throw InvalidInput(state_->path.string() + ": journal entry does not fit its slot");
+    auto [sector, body] = state_->encode(entry, header_);
+    const std::uint64_t offset = slot_offset(entry.sequence, header_.slot_size);
 
-    state_->file.write_exact(slot_offset(entry.sequence, header_.slot_size), body);
+    // The body first, then the header sector that makes the entry current: a crash before the header
+    // is durable leaves the previous entry current and this slot's older header with a stale body.
+    state_->file.write_exact(offset + entry_header_size, body);
+    state_->file.sync_data();
+    fault_point("journal-body-written");
+    state_->file.write_exact(offset, sector);
     state_->file.sync_data();
     state_->sequence = entry.sequence;
 }

@@ -2,11 +2,13 @@
 // The crash journal of an unfinished operation: "<metadata file>.vmcrypt-journal", next to the disk's
 // descriptor, present exactly while an operation is unfinished.
 //
-// Layout: an 8 KiB header written once (through a temporary file and rename), then two entry slots
-// written alternately, each with a sequence number and an HMAC-SHA-256 keyed from the DEK. The newest entry
-// whose MAC verifies is the current one, so a torn entry write falls back to the previous entry, which
-// describes a window whose data was already synced. Entry MACs also cover a random journal id, so entries
-// cannot be moved between journals.
+// Layout: an 8 KiB header written once (through a temporary file and rename), then two entry slots; entry
+// N lives in slot N % 2. An entry is a body (metadata bytes, unit hashes) and a 512-byte header sector
+// carrying the sequence number, an HMAC-SHA-256 of the body and an HMAC of the header, keyed from the DEK.
+// append() syncs the body before it writes the header sector, and a sector write is atomic, so a crash
+// leaves the previous entry current. Damage found later (a failing header or newest body) is reported,
+// never skipped, because skipping the newest entry could rewrite a finished window twice. The MACs also
+// cover a random journal id, so entries cannot be moved between journals.
 
 #include "core/crypto/secure.hpp"
 #include "core/disk.hpp"
@@ -72,8 +74,8 @@ public:
 
     const JournalHeader& header() const { return header_; }
 
-    // The newest entry whose MAC verifies; later appends continue from its sequence number. Throws
-    // InvalidInput when neither slot holds one.
+    // The newest entry; later appends continue from its sequence number. Throws InvalidInput when the
+    // journal is damaged in a way a crash cannot explain.
     JournalEntry newest() const;
 
     // Writes the entry into the older slot and syncs it (fdatasync). entry.sequence is set here.

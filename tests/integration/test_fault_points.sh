@@ -8,9 +8,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$TEST_TMP"
 make_random_disk monolithicSparse base.vmdk 24M 20M original.raw
 
-# Fault points hit once per run, and those hit once per window (the count picks the third window).
+# Fault points hit once per run, and those hit once per window or journal entry (the count picks the
+# third).
 once_points=(journal-created start-metadata-written finalize-journaled final-metadata-written)
-window_points=(window-journaled window-half-written window-synced)
+window_points=(journal-body-written window-journaled window-half-written window-synced)
 
 # run_with_fault OPERATION POINT COUNT ACTION EXPECTED_EXIT
 run_with_fault() {

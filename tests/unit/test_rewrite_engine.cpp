@@ -236,7 +236,8 @@ TEST_F(RewriteEngineTest, StopBeforeStartChangesNothing)
     EXPECT_EQ(read_all(dir_ / "a.data"), plaintext_);
 }
 
-// The first window entry must not overwrite the metadata entry: a torn first window entry falls back to it.
+// A crash between syncing an entry's body and writing its header sector: the slot keeps its older
+// header (or zeros, before the second entry) and the window's data was not written yet.
 TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
 {
     FileBackedDisk disk = make_disk("a");
@@ -253,12 +254,12 @@ TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
     JournalEntry newest = Journal::open(journal_path, dek_).newest();
     ASSERT_EQ(newest.sequence, 2u);
 
+    // Entry 2 lives in slot 0, whose header sector was all zeros before it.
     std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
     std::copy(plaintext_.begin(), plaintext_.begin() + 64 * kib, data.begin());
     write_all(dir_ / "a.data", data);
     std::vector<std::uint8_t> bytes = read_all(journal_path);
-    std::uint64_t slot_size = (bytes.size() - 8192) / 2;
-    bytes[8192 + (newest.sequence % 2) * slot_size + 40] ^= 1;
+    std::fill(bytes.begin() + 8192, bytes.begin() + 8192 + 512, 0);
     write_all(journal_path, bytes);
 
     JournalEntry fallback = Journal::open(journal_path, dek_).newest();
@@ -272,6 +273,91 @@ TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
     EXPECT_EQ(read_all(dir_ / "a.data"), read_all(dir_ / "reference.data"));
 }
 
+TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
+{
+    FileBackedDisk disk = make_disk("a");
+    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
+    std::atomic<bool> stop{false};
+    std::uint64_t stop_at = 64 * kib;
+    RewriteOptions stopping = options(64 * kib);
+    stopping.stop_requested = &stop;
+    stopping.on_progress = [&](const Progress& p) {
+        if (p.bytes_done >= stop_at)
+            stop = true;
+    };
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    std::vector<std::uint8_t> before = read_all(journal_path);  // entries 1 (slot 1) and 2 (slot 0)
+
+    stop = false;
+    stop_at = 128 * kib;
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping)
+                     .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata),
+                 Interrupted);
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
+
+    // Undo entry 3's header sector (slot 1 shows entry 1's header again over entry 3's body) and its
+    // window's data, as a crash right after the body sync leaves them.
+    std::vector<std::uint8_t> bytes = read_all(journal_path);
+    std::uint64_t slot_size = (bytes.size() - 8192) / 2;
+    std::copy(before.begin() + 8192 + slot_size, before.begin() + 8192 + slot_size + 512,
+              bytes.begin() + 8192 + slot_size);
+    write_all(journal_path, bytes);
+    std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
+    std::copy(plaintext_.begin() + 64 * kib, plaintext_.begin() + 128 * kib, data.begin() + 64 * kib);
+    write_all(dir_ / "a.data", data);
+
+    JournalEntry fallback = Journal::open(journal_path, dek_).newest();
+    EXPECT_EQ(fallback.sequence, 2u);
+    EXPECT_EQ(fallback.window_start, 0u);
+
+    FileBackedDisk reference = make_disk("reference");
+    RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
+    RewriteEngine(disk, dek_, options(64 * kib))
+        .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata);
+    EXPECT_EQ(read_all(dir_ / "a.data"), read_all(dir_ / "reference.data"));
+}
+
+// Damage that no crash explains (a changed newest header or body, a changed older header) must stop the
+// resume: falling back to the older entry could rewrite a finished window a second time.
+TEST_F(RewriteEngineTest, DamagedJournalEntryIsReported)
+{
+    FileBackedDisk disk = make_disk("a");
+    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
+    std::atomic<bool> stop{false};
+    RewriteOptions stopping = options(64 * kib);
+    stopping.stop_requested = &stop;
+    stopping.on_progress = [&](const Progress& p) {
+        if (p.bytes_done >= 128 * kib)
+            stop = true;
+    };
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    const std::vector<std::uint8_t> intact = read_all(journal_path);
+    const std::uint64_t slot_size = (intact.size() - 8192) / 2;
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);  // slot 1; entry 2 in slot 0
+
+    struct Damage {
+        const char* name;
+        std::uint64_t offset;
+    };
+    const Damage cases[] = {
+        {"newest header", 8192 + slot_size + 20},
+        {"newest body", 8192 + slot_size + 512 + 100},
+        {"older header", 8192 + 20},
+    };
+    for (const Damage& damage : cases) {
+        std::vector<std::uint8_t> bytes = intact;
+        bytes[damage.offset] ^= 0x40;
+        write_all(journal_path, bytes);
+        EXPECT_THROW(Journal::open(journal_path, dek_).newest(), InvalidInput) << damage.name;
+    }
+
+    // A changed body of the older entry is what a torn append leaves, and is not damage.
+    std::vector<std::uint8_t> bytes = intact;
+    bytes[8192 + 512 + 100] ^= 0x40;
+    write_all(journal_path, bytes);
+    EXPECT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
+}
+
 TEST_F(RewriteEngineTest, JournalWithOtherKeyIsRejected)
 {
     FileBackedDisk disk = make_disk("a");
@@ -283,45 +369,6 @@ TEST_F(RewriteEngineTest, JournalWithOtherKeyIsRejected)
 
     SecureBytes other = random_bytes(64);
     EXPECT_THROW(Journal::open(dir_ / "a.meta.vmcrypt-journal", other), InvalidInput);
-}
-
-TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
-{
-    FileBackedDisk disk = make_disk("a");
-    std::atomic<bool> stop{false};
-    RewriteOptions stopping = options(64 * kib);
-    stopping.stop_requested = &stop;
-    stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= 128 * kib)
-            stop = true;
-    };
-    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
-
-    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
-    JournalEntry newest = Journal::open(journal_path, dek_).newest();
-    ASSERT_EQ(newest.phase, JournalPhase::window);
-    ASSERT_EQ(newest.window_start, 64 * kib);
-
-    // A torn entry means the crash came before its window's data was written: put window 1 back to
-    // plaintext and corrupt one byte of the entry. The older entry (window 0) becomes current.
-    std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
-    std::copy(plaintext_.begin() + 64 * kib, plaintext_.begin() + 128 * kib, data.begin() + 64 * kib);
-    write_all(dir_ / "a.data", data);
-    std::vector<std::uint8_t> bytes = read_all(journal_path);
-    std::uint64_t slot_size = (bytes.size() - 8192) / 2;
-    bytes[8192 + (newest.sequence % 2) * slot_size + 40] ^= 1;
-    write_all(journal_path, bytes);
-
-    JournalEntry fallback = Journal::open(journal_path, dek_).newest();
-    EXPECT_EQ(fallback.sequence, newest.sequence - 1);
-    EXPECT_EQ(fallback.window_start, 0u);
-
-    // Resuming from the older entry still produces the right ciphertext.
-    FileBackedDisk reference = make_disk("reference");
-    RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
-    RewriteEngine(disk, dek_, options(64 * kib))
-        .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata);
-    EXPECT_EQ(read_all(dir_ / "a.data"), read_all(dir_ / "reference.data"));
 }
 
 }  // namespace
