@@ -2,6 +2,7 @@
 
 #include "core/crypto/random.hpp"
 #include "core/crypto/xts.hpp"
+#include "core/engine/data_check.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
@@ -52,6 +53,25 @@ void check_relations(Disk& disk, const std::string& where)
         throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
                              " names it as parent); merge them first with: vmcrypt consolidate-snapshots " +
                              relations.children.front());
+}
+
+// Returns the final metadata of an encrypt sized with a placeholder check value, so an embedded descriptor
+// that cannot hold it is rejected before the first write, and sets the options to compute the real check
+// value once all data is ciphertext.
+MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
+                                       RewriteOptions& options)
+{
+    record.state = RecordState::encrypted;
+    record.data_check = std::string(44, 'A');
+    record.seal(dek);
+    MetadataWrite placeholder = disk.record_update(record.to_fields());
+
+    options.make_final_metadata = [&disk, record, &dek]() mutable {
+        record.data_check = compute_data_check(disk, dek);
+        record.seal(dek);
+        return disk.record_update(record.to_fields());
+    };
+    return placeholder;
 }
 
 std::string resume_command(Operation operation, const std::filesystem::path& path)
@@ -194,17 +214,14 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         lock_disk(*disk);
 
         EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);
-        std::optional<RecordFields> final_fields;
-        if (operation == Operation::encrypt) {
-            record.state = RecordState::encrypted;
-            record.seal(dek);
-            final_fields = record.to_fields();
-        }
+        MetadataWrite final_metadata = operation == Operation::encrypt
+                                           ? prepare_encrypted_record(*disk, record, dek, options)
+                                           : disk->record_update(std::nullopt);
         for (const KeySlot& slot : record.key_slots)
             report.key_slots.push_back(slot_summary(slot));
 
         RewriteEngine engine(*disk, dek, options);
-        report.result = engine.resume(std::move(journal), disk->record_update(final_fields));
+        report.result = engine.resume(std::move(journal), final_metadata);
         return report;
     }
 
@@ -245,9 +262,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
             plan.start_metadata = disk->record_update(record.to_fields());
             plan.journal_record = record.to_fields();
 
-            record.state = RecordState::encrypted;
-            record.seal(dek);
-            plan.final_metadata = disk->record_update(record.to_fields());
+            plan.final_metadata = prepare_encrypted_record(*disk, record, dek, options);
         } catch (...) {
             for (auto& source : sources)
                 source->discard_sealed();
@@ -262,6 +277,10 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         dek = unlock_dek(*fields, sources, where);
 
         EncryptionRecord record = EncryptionRecord::from_fields(*fields, where);
+        if (!record.data_check.empty() && compute_data_check(*disk, dek) != record.data_check)
+            throw InvalidInput(where + ": ddb.vmcrypt.dataCheck does not match the disk's data: the encryption record "
+                               "belongs to another disk (a copied descriptor?) or the data was changed after "
+                               "encryption; nothing was written");
         if (record.tweak != disk->tweak_rule())
             throw InvalidInput(where + ": ddb.vmcrypt.tweak is \"" + record.tweak + "\" but a " + disk->format() +
                                " disk uses \"" + disk->tweak_rule() + "\"; the record does not belong to this disk");

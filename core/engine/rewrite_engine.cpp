@@ -178,15 +178,16 @@ struct RewriteEngine::Impl {
             report(position);
         }
 
+        const MetadataWrite final_write = options.make_final_metadata ? options.make_final_metadata() : final_metadata;
         JournalEntry finish;
         finish.phase = JournalPhase::finalize;
         finish.window_start = total;
-        finish.metadata = final_metadata;
+        finish.metadata = final_write;
         journal.append(finish);
         // COMMIT POINT: all data is rewritten; the final metadata is durable in the journal.
         fault_point("finalize-journaled");
 
-        disk.apply(final_metadata);
+        disk.apply(final_write);
         fault_point("final-metadata-written");
         journal.remove();
         return rewritten;

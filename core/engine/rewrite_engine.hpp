@@ -30,6 +30,10 @@ struct RewriteOptions {
     const std::atomic<bool>* stop_requested = nullptr;   // checked at window boundaries
     std::function<void(const Progress&)> on_progress;
     std::string resume_command;                          // for messages: "vmcrypt encrypt disk.vmdk"
+    // When set, called once all data is rewritten to make the final metadata write (which may then
+    // depend on the new data); it replaces the final metadata passed to start() or resume() and must
+    // not be larger than it.
+    std::function<MetadataWrite()> make_final_metadata;
 };
 
 // What a new operation writes around the data: the metadata that marks it in progress, the metadata that

@@ -28,6 +28,8 @@ RecordFields fields_without_mac(const EncryptionRecord& record)
     fields.emplace_back("zeroUnits", record.zero_units);
     for (std::size_t i = 0; i < record.key_slots.size(); ++i)
         fields.emplace_back("keySlot." + std::to_string(i), record.key_slots[i].to_text());
+    if (!record.data_check.empty())
+        fields.emplace_back("dataCheck", record.data_check);
     return fields;
 }
 
@@ -101,6 +103,12 @@ EncryptionRecord EncryptionRecord::from_fields(const RecordFields& fields, const
     }
     if (record.key_slots.empty())
         throw InvalidInput(where + ": encryption record has no key slot (ddb.vmcrypt.keySlot.0)");
+
+    if (by_name.count("dataCheck")) {
+        record.data_check = take("dataCheck");
+        if (record.data_check.size() != 44)
+            throw InvalidInput(where + ": ddb.vmcrypt.dataCheck must be 44 base64 characters");
+    }
 
     std::string mac = take("mac");
     if (mac.rfind(mac_prefix, 0) != 0)
