@@ -244,7 +244,8 @@ RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_
     if (header.total_bytes != impl.stream.total_bytes() || header.layout_digest != impl.stream.layout_digest())
         throw InvalidInput(impl.files.front()->path().string() +
                            ": the disk's layout (grain tables or extents) changed since the interrupted " +
-                           to_string(header.operation) + " started, so it cannot be resumed safely");
+                           to_string(header.operation) + " started, so it cannot be resumed safely; something wrote to the "
+                           "disk meanwhile: restore it from a backup");
 
     Direction direction = direction_of(header.operation);
     JournalEntry entry = journal.newest();
