@@ -83,7 +83,7 @@ struct RewriteEngine::Impl {
     void check_stop(std::uint64_t position) const
     {
         if (options.stop_requested && options.stop_requested->load())
-            throw Interrupted("stopped after " + std::to_string(position) + " of " +
+            throw Interrupted(files.front()->path().string() + ": stopped after " + std::to_string(position) + " of " +
                               std::to_string(stream.total_bytes()) + " bytes; the disk is consistent; run `" +
                               options.resume_command + "` to resume");
     }
