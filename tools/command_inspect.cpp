@@ -119,7 +119,7 @@ void print_text(const json& report)
     const json& encryption = report["encryption"];
     std::string state = encryption["state"];
     if (encryption.contains("by") && encryption["by"] == "vmware") {
-        std::printf("encryption: encrypted by VMware (%s)\n", encryption["detail"].get<std::string>().c_str());
+        std::printf("encryption: encrypted by %s\n", encryption["detail"].get<std::string>().c_str());
     } else if (state == "plaintext") {
         std::printf("encryption: none (plaintext)\n");
     } else if (state == "invalid") {

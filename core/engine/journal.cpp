@@ -17,7 +17,7 @@ namespace vmcrypt {
 namespace {
 
 constexpr std::uint64_t header_area = 8192;
-constexpr std::uint32_t journal_version = 1;
+constexpr std::uint32_t journal_version = 2;  // 2: entries with a separate header sector
 // The unit hash the entries were made with; recovery must compare with the same function.
 constexpr std::uint32_t unit_hash_xxh3_64 = 1;
 constexpr char header_magic[8] = {'V', 'M', 'C', 'R', 'Y', 'P', 'T', 'J'};
@@ -116,7 +116,8 @@ JournalHeader decode_header(const std::uint8_t* data, std::size_t size, std::siz
     if (std::memcmp(magic, header_magic, 8) != 0)
         throw InvalidInput("bad magic");
     if (r.u32() != journal_version)
-        throw UnsupportedInput("journal version is not 1");
+        throw UnsupportedInput("journal version is not " + std::to_string(journal_version) +
+                               "; finish the operation with the vmcrypt version that started it");
 
     JournalHeader header;
     std::uint32_t operation = r.u32();

@@ -213,6 +213,18 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         std::unique_ptr<Disk> disk = opener(path, Access::read_write);
         lock_disk(*disk);
 
+        // While a window is being rewritten the descriptor must say so. A journal next to a finished
+        // disk is an old copy, and resuming it would rewrite finished windows a second time.
+        if (newest.phase == JournalPhase::window) {
+            RecordState expected = operation == Operation::encrypt ? RecordState::encrypting : RecordState::decrypting;
+            std::optional<RecordFields> current = disk->record();
+            if (!current || EncryptionRecord::from_fields(*current, where).state != expected)
+                throw InvalidInput(journal_path.string() + ": the journal describes an unfinished " + to_string(operation) +
+                                   " but the disk's record is not \"" + to_string(expected) +
+                                   "\": the journal is an old copy or the descriptor was replaced; remove neither, "
+                                   "restore the disk from a backup");
+        }
+
         EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);
         MetadataWrite final_metadata = operation == Operation::encrypt
                                            ? prepare_encrypted_record(*disk, record, dek, options)

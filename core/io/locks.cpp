@@ -45,7 +45,7 @@ std::optional<std::string> find_lock_holder(const File& file)
         return std::nullopt;  // locking unsupported here: nothing can be said
     if (request.l_type == F_UNLCK)
         return std::nullopt;
-    return request.l_type == F_WRLCK ? std::string("exclusive lock (vmcrypt or QEMU writer)")
+    return request.l_type == F_WRLCK ? std::string("exclusive lock (another vmcrypt run)")
                                      : std::string("shared lock (QEMU)");
 }
 

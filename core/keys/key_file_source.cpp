@@ -15,8 +15,8 @@ const SecureBytes& KeyFileSource::kek()
         std::string content;
         try {
             content = read_small_file(path_, 4096);
-        } catch (const Error&) {
-            throw KeyUnavailable(path_.string() + ": key file cannot be read; check the path given to --key-file");
+        } catch (const Error& e) {
+            throw KeyUnavailable(std::string(e.what()) + " (the key file given to --key-file)");
         }
         kek_ = parse_kek_text(content, path_.string());
         Botan::secure_scrub_memory(content.data(), content.size());

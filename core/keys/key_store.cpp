@@ -107,7 +107,12 @@ SecureBytes KeyStoreSource::load_kek(const std::string& kek_id) const
         throw KeyUnavailable(path.string() + ": KEK " + kek_id + " is not in the key store (set VMCRYPT_KEYSTORE "
                              "or --keystore to the key store that encrypted the disk)");
     require_private(path, 0600);
-    std::string content = read_small_file(path, 4096);
+    std::string content;
+    try {
+        content = read_small_file(path, 4096);
+    } catch (const InvalidInput& e) {
+        throw KeyUnavailable(std::string(e.what()) + " (a KEK file holds 64 hex digits)");
+    }
     SecureBytes kek = parse_kek_text(content, path.string());
     Botan::secure_scrub_memory(content.data(), content.size());
     return kek;

@@ -27,7 +27,7 @@ struct EncryptionRecord {
     std::string tweak;                 // "guest-sector" (VMDK) or "host-sector" (qcow2)
     std::string zero_units = "plain";  // all-zero plaintext units are stored as zeros
     std::vector<KeySlot> key_slots;
-    std::string data_check;            // base64 check value of the ciphertext; only in state "encrypted"
+    std::string data_check;            // base64 check value of the ciphertext, set when encryption completes
     std::vector<std::uint8_t> mac;     // HMAC-SHA-256 over every other field
 
     // Validates every field; `where` names the file for errors. Throws InvalidInput/UnsupportedInput.

@@ -62,3 +62,18 @@ cmp -s base.vmdk disk.vmdk || fail "a failure before the journal existed changed
 keys_after=$(ls "$VMCRYPT_KEYSTORE" 2>/dev/null | wc -l)
 [[ $keys_before == "$keys_after" ]] ||
     fail "a failed encrypt left a KEK in the key store ($keys_before files before, $keys_after after)"
+
+# An old copy of the journal put back next to a finished disk must be rejected, not resumed: resuming it
+# would encrypt finished windows a second time.
+cp base.vmdk disk.vmdk
+run_with_fault encrypt window-synced 3 eio 6
+cp disk.vmdk.vmcrypt-journal old-journal
+"$VMCRYPT" encrypt --quiet disk.vmdk
+cp old-journal disk.vmdk.vmcrypt-journal
+cp disk.vmdk finished.vmdk
+expect_exit 3 "$VMCRYPT" encrypt disk.vmdk
+expect_stderr_contains "old copy"
+cmp -s finished.vmdk disk.vmdk || fail "resuming an old journal copy changed the finished disk"
+rm disk.vmdk.vmcrypt-journal
+"$VMCRYPT" decrypt --quiet disk.vmdk
+expect_same_as_raw disk.vmdk original.raw "after rejecting an old journal copy"
