@@ -168,9 +168,12 @@ expect_stderr_contains_any() {
 # The digest covers the size and every 64 KiB block that is not all zero, with its offset, and reads
 # only the data ranges (SEEK_DATA), so a 2 GiB sparse extent hashes fast. Files with equal digests have
 # equal contents, whatever their holes.
+# With IGNORE_DESCRIPTOR_TAIL=1, the bytes after the text of an embedded descriptor (after its first
+# NUL) count as zeros: qemu-img can leave a few stale characters there when it rewrites the CID, and
+# vmcrypt writes the area NUL-padded, so only the descriptor text is expected to survive a round trip.
 hash_disk_files() {
-    "$PYTHON" - "$1" <<'PY'
-import errno, hashlib, os, sys
+    IGNORE_DESCRIPTOR_TAIL=${IGNORE_DESCRIPTOR_TAIL:-0} "$PYTHON" - "$1" <<'PY'
+import errno, hashlib, os, struct, sys
 
 BLOCK = 65536
 ZERO_BLOCK = bytes(BLOCK)
@@ -188,17 +191,32 @@ def data_ranges(fd, size):
         yield start, end
         offset = end
 
+def descriptor_tail(fd):
+    """The byte range after the embedded descriptor's text in a hosted sparse extent, or None."""
+    header = os.pread(fd, 512, 0)
+    if os.environ.get("IGNORE_DESCRIPTOR_TAIL") != "1" or header[:4] != b"KDMV":
+        return None
+    offset, length = struct.unpack_from("<QQ", header, 28)
+    area = os.pread(fd, length * 512, offset * 512)
+    end = area.find(b"\0")
+    return None if end < 0 else (offset * 512 + end, offset * 512 + len(area))
+
 def content_digest(path):
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
+        tail = descriptor_tail(fd)
         digest.update(size.to_bytes(8, "little"))
         last_block = -BLOCK
         for start, end in data_ranges(fd, size):
             block = max(start // BLOCK * BLOCK, last_block + BLOCK)
             while block < end:
                 data = os.pread(fd, BLOCK, block)
+                if tail and block < tail[1] and block + len(data) > tail[0]:
+                    first = max(tail[0], block) - block
+                    last = min(tail[1], block + len(data)) - block
+                    data = data[:first] + bytes(last - first) + data[last:]
                 if data and data != ZERO_BLOCK[:len(data)]:
                     digest.update(block.to_bytes(8, "little"))
                     digest.update(data)
@@ -759,7 +777,7 @@ run_roundtrip() {
     e2fsck -fn "$TEST_TMP/plain.raw" >"$TEST_TMP/e2fsck.out" 2>&1 ||
         fail "test setup: e2fsck of the freshly made disk failed: $(cat "$TEST_TMP/e2fsck.out")"
     read_descriptor "$disk" >"$TEST_TMP/descriptor.before"
-    hash_disk_files "$dir" >"$TEST_TMP/hashes.before"
+    IGNORE_DESCRIPTOR_TAIL=1 hash_disk_files "$dir" >"$TEST_TMP/hashes.before"
     extent_sizes "$disk" >"$TEST_TMP/extents.before"
     local marker_lines=0 extent
     while read -r extent; do
@@ -839,7 +857,7 @@ $(cat "$TEST_TMP/e2fsck.out")"
         fail "expected the descriptor after decrypt to equal the original byte for byte:
 $(diff "$TEST_TMP/descriptor.before" "$TEST_TMP/descriptor.after" || true)"
     fi
-    expect_contents_unchanged "$dir" "$TEST_TMP/hashes.before" "encrypt then decrypt"
+    IGNORE_DESCRIPTOR_TAIL=1 expect_contents_unchanged "$dir" "$TEST_TMP/hashes.before" "encrypt then decrypt"
 }
 
 # Creates a 64 MiB monolithicSparse ext4 disk at PATH and exports its guest data to the raw file RAW.
