@@ -74,6 +74,53 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
     return placeholder;
 }
 
+bool same_key_slots(const RecordFields& a, const RecordFields& b)
+{
+    try {
+        EncryptionRecord first = EncryptionRecord::from_fields(a, "");
+        EncryptionRecord second = EncryptionRecord::from_fields(b, "");
+        if (first.key_slots.size() != second.key_slots.size() || first.tweak != second.tweak)
+            return false;
+        for (std::size_t i = 0; i < first.key_slots.size(); ++i)
+            if (first.key_slots[i].to_text() != second.key_slots[i].to_text())
+                return false;
+        return true;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+bool has_state(const RecordFields& fields, RecordState state)
+{
+    try {
+        return EncryptionRecord::from_fields(fields, "").state == state;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+// Rejects a journal that does not belong to the disk's current record: an old copy put back, or a
+// replaced descriptor. Resuming such a journal would rewrite finished windows a second time or drop
+// the only wrapped copy of a DEK. `journal_record` is the in-progress record the journal carries.
+void check_journal_belongs(Operation operation, JournalPhase phase, const RecordFields& journal_record,
+                           const std::optional<RecordFields>& current, const std::filesystem::path& journal_path)
+{
+    bool belongs = current && *current == journal_record;
+    const bool encrypting = operation == Operation::encrypt;
+    if (!belongs && phase == JournalPhase::metadata)  // the start record may not be written yet
+        belongs = encrypting ? !current
+                             : current && has_state(*current, RecordState::encrypted) &&
+                                   same_key_slots(*current, journal_record);
+    if (!belongs && phase == JournalPhase::finalize)  // the final record may be written already
+        belongs = encrypting ? current && has_state(*current, RecordState::encrypted) &&
+                                   same_key_slots(*current, journal_record)
+                             : !current;
+    if (!belongs)
+        throw InvalidInput(journal_path.string() + ": the journal does not match the disk's encryption record, so "
+                           "it is an old copy or the descriptor was replaced; nothing was written. If the disk is "
+                           "known to be complete, move the journal away; otherwise restore the disk from a backup");
+}
+
 std::string resume_command(Operation operation, const std::filesystem::path& path)
 {
     return "vmcrypt " + to_string(operation) + " " + path.string();
@@ -207,23 +254,20 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         if (auto lock_folder = find_vmware_lock(path))
             throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
                             " exists; power off the VM (or remove a stale lock folder) and retry");
-        if (newest.phase != JournalPhase::window)
+
+        // Nothing is written before the checks below, unless the descriptor cannot be parsed: a crash in
+        // the middle of an in-place metadata write can leave it so, and the journal holds its complete bytes.
+        std::unique_ptr<Disk> disk;
+        try {
+            disk = opener(path, Access::read_write);
+        } catch (const Error& e) {
+            if (e.code() != ExitCode::invalid_input || newest.phase == JournalPhase::window)
+                throw;
             replay_metadata(path, *newest.metadata);
-
-        std::unique_ptr<Disk> disk = opener(path, Access::read_write);
-        lock_disk(*disk);
-
-        // While a window is being rewritten the descriptor must say so. A journal next to a finished
-        // disk is an old copy, and resuming it would rewrite finished windows a second time.
-        if (newest.phase == JournalPhase::window) {
-            RecordState expected = operation == Operation::encrypt ? RecordState::encrypting : RecordState::decrypting;
-            std::optional<RecordFields> current = disk->record();
-            if (!current || EncryptionRecord::from_fields(*current, where).state != expected)
-                throw InvalidInput(journal_path.string() + ": the journal describes an unfinished " + to_string(operation) +
-                                   " but the disk's record is not \"" + to_string(expected) +
-                                   "\": the journal is an old copy or the descriptor was replaced; remove neither, "
-                                   "restore the disk from a backup");
+            disk = opener(path, Access::read_write);
         }
+        lock_disk(*disk);
+        check_journal_belongs(operation, newest.phase, summary->header.record, disk->record(), journal_path);
 
         EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);
         MetadataWrite final_metadata = operation == Operation::encrypt

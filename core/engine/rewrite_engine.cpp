@@ -244,8 +244,9 @@ RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_
     if (header.total_bytes != impl.stream.total_bytes() || header.layout_digest != impl.stream.layout_digest())
         throw InvalidInput(impl.files.front()->path().string() +
                            ": the disk's layout (grain tables or extents) changed since the interrupted " +
-                           to_string(header.operation) + " started, so it cannot be resumed safely; something wrote to the "
-                           "disk meanwhile: restore it from a backup");
+                           to_string(header.operation) + " started, so it cannot be resumed safely (a write to the disk, "
+                           "or a copy of a flat extent that filled its holes: copy with cp --sparse=always); nothing "
+                           "was written");
 
     Direction direction = direction_of(header.operation);
     JournalEntry entry = journal.newest();

@@ -77,3 +77,22 @@ cmp -s finished.vmdk disk.vmdk || fail "resuming an old journal copy changed the
 rm disk.vmdk.vmcrypt-journal
 "$VMCRYPT" decrypt --quiet disk.vmdk
 expect_same_as_raw disk.vmdk original.raw "after rejecting an old journal copy"
+
+# The same for copies taken at the first journal entry (put back next to the finished, encrypted disk)
+# and at the final entry (put back after the disk was decrypted again). A first-entry copy next to a
+# plaintext disk is accepted on purpose: that is also what a crash before the start record leaves, and
+# resuming it encrypts the plaintext from the start.
+for point in start-metadata-written finalize-journaled; do
+    cp base.vmdk disk.vmdk
+    run_with_fault encrypt "$point" 1 kill 137
+    cp disk.vmdk.vmcrypt-journal old-journal
+    "$VMCRYPT" encrypt --quiet disk.vmdk
+    [[ $point == finalize-journaled ]] && "$VMCRYPT" decrypt --quiet disk.vmdk
+    cp old-journal disk.vmdk.vmcrypt-journal
+    cp disk.vmdk finished.vmdk
+    expect_exit 3 "$VMCRYPT" encrypt disk.vmdk
+    cmp -s finished.vmdk disk.vmdk || fail "resuming a journal copy taken at $point changed the disk"
+    rm disk.vmdk.vmcrypt-journal
+    [[ $point == start-metadata-written ]] && "$VMCRYPT" decrypt --quiet disk.vmdk
+    expect_same_as_raw disk.vmdk original.raw "after rejecting a journal copy taken at $point"
+done
