@@ -22,3 +22,17 @@ expect_contents_unchanged b "$TEST_TMP/hashes.before" "decrypt with a record cop
 # The disk the record belongs to still decrypts.
 "$VMCRYPT" decrypt --quiet a/disk.vmdk
 expect_same_as_raw a/disk.vmdk original.raw "after decrypting the disk the record belongs to"
+
+# Clones whose first MiB of data is all zero: the check must still look further into the data.
+mkdir c d
+for clone in c d; do
+    qemu-img create -q -f vmdk -o subformat=monolithicFlat "$clone/disk.vmdk" 16M
+    qemu-io -f vmdk -c 'write -P 0 0 1M' -c 'write -P 0x77 2M 1M' "$clone/disk.vmdk" >/dev/null
+done
+"$VMCRYPT" encrypt --quiet c/disk.vmdk
+{ tr -d '\0' < d/disk.vmdk; tr -d '\0' < c/disk.vmdk | grep '^ddb\.vmcrypt\.'; } > d/descriptor.new
+mv d/descriptor.new d/disk.vmdk
+hash_disk_files d > "$TEST_TMP/hashes.before"
+expect_exit 3 "$VMCRYPT" decrypt d/disk.vmdk
+expect_stderr_contains "dataCheck"
+expect_contents_unchanged d "$TEST_TMP/hashes.before" "decrypt of a clone whose first MiB is zero"
