@@ -376,6 +376,13 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
     entry.sequence = 1;
     auto [sector, body] = journal.state_->encode(entry, header);
 
+    // Slot 0 gets a valid placeholder header (sequence 0, empty body), so that an all-zero header sector
+    // is always damage and never "not written yet".
+    JournalEntry placeholder;
+    placeholder.sequence = 0;
+    placeholder.phase = JournalPhase::metadata;
+    auto [placeholder_sector, placeholder_body] = journal.state_->encode(placeholder, header);
+
     // COMMIT POINT: the journal appears under its real name only once complete and durable.
     std::filesystem::path temporary = path;
     temporary += ".tmp";
@@ -383,6 +390,7 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
     {
         File file = File::create_new(temporary, 0600);
         file.write_exact(0, head);
+        file.write_exact(slot_offset(placeholder.sequence, header.slot_size), placeholder_sector);
         file.write_exact(slot_offset(entry.sequence, header.slot_size), sector);
         file.write_exact(slot_offset(entry.sequence, header.slot_size) + entry_header_size, body);
         file.truncate(header_area + 2 * header.slot_size);
@@ -426,15 +434,12 @@ JournalEntry Journal::newest() const
                                       "safely: keep the journal and the disk as they are and restore the disk from "
                                       "a backup";
 
-    // Header sectors are written whole (the atomic unit), after their body is durable. So after any crash
-    // both slots hold a valid header, except slot 0 before the second entry, which is still all zeros.
+    // Header sectors are written whole (the atomic unit), after their body is durable, and slot 0 starts
+    // with a placeholder header. So after any crash both slots hold a valid header.
     std::optional<EntryHeader> headers[2];
-    bool never_written[2] = {false, false};
     std::vector<std::uint8_t> sector(entry_header_size);
     for (std::uint64_t parity = 0; parity < 2; ++parity) {
         std::size_t got = state_->file.read_at(slot_offset(parity, header_.slot_size), sector);
-        never_written[parity] = got == sector.size() &&
-                                std::all_of(sector.begin(), sector.end(), [](std::uint8_t b) { return b == 0; });
         try {
             EntryHeader header = decode_entry_header(sector.data(), got, header_.slot_size);
             Mac expected = state_->header_mac(header.fields, header.body_mac, header_);
@@ -452,7 +457,7 @@ JournalEntry Journal::newest() const
         newest_parity = 1;
     EntryHeader& newest = *headers[newest_parity];
     std::uint64_t other = 1 - newest_parity;
-    if (!headers[other] && !(newest.entry.sequence == 1 && never_written[other]))
+    if (!headers[other] || newest.entry.sequence == 0)
         throw InvalidInput(damaged + "the header of the entry before " + std::to_string(newest.entry.sequence) +
                            " fails its MAC check" + cannot_resume);
 

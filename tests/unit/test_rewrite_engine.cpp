@@ -237,34 +237,48 @@ TEST_F(RewriteEngineTest, StopBeforeStartChangesNothing)
 }
 
 // A crash between syncing an entry's body and writing its header sector: the slot keeps its older
-// header (or zeros, before the second entry) and the window's data was not written yet.
+// header (for entry 2, the placeholder written with the journal) and the window's data was not written.
 TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
 {
     FileBackedDisk disk = make_disk("a");
+    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
     std::atomic<bool> stop{false};
+    std::uint64_t stop_at = 0;
     RewriteOptions stopping = options(64 * kib);
     stopping.stop_requested = &stop;
     stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= 64 * kib)
+        if (p.bytes_done >= stop_at)
             stop = true;
     };
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    const std::vector<std::uint8_t> with_placeholder = read_all(journal_path);
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 1u);
 
-    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
-    JournalEntry newest = Journal::open(journal_path, dek_).newest();
-    ASSERT_EQ(newest.sequence, 2u);
+    stop = false;
+    stop_at = 64 * kib;
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping)
+                     .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata),
+                 Interrupted);
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 2u);
 
-    // Entry 2 lives in slot 0, whose header sector was all zeros before it.
+    // Entry 2 lives in slot 0: put the placeholder header back and window 0's plaintext with it.
     std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
     std::copy(plaintext_.begin(), plaintext_.begin() + 64 * kib, data.begin());
     write_all(dir_ / "a.data", data);
     std::vector<std::uint8_t> bytes = read_all(journal_path);
-    std::fill(bytes.begin() + 8192, bytes.begin() + 8192 + 512, 0);
+    std::copy(with_placeholder.begin() + 8192, with_placeholder.begin() + 8192 + 512, bytes.begin() + 8192);
     write_all(journal_path, bytes);
 
     JournalEntry fallback = Journal::open(journal_path, dek_).newest();
     EXPECT_EQ(fallback.sequence, 1u);
     EXPECT_EQ(fallback.phase, JournalPhase::metadata);
+
+    // An all-zero header sector is damage, not a slot that was never written.
+    std::vector<std::uint8_t> zeroed = bytes;
+    std::fill(zeroed.begin() + 8192, zeroed.begin() + 8192 + 512, 0);
+    write_all(journal_path, zeroed);
+    EXPECT_THROW(Journal::open(journal_path, dek_).newest(), InvalidInput);
+    write_all(journal_path, bytes);
 
     FileBackedDisk reference = make_disk("reference");
     RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
