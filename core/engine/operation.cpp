@@ -248,6 +248,11 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         } catch (const UnsupportedInput& e) {
             throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
                                "); keep the journal and the disk as they are and restore the disk from a backup");
+        } catch (const Error& e) {
+            if (e.code() != ExitCode::key_error)
+                throw;
+            throw Error(e.code(), std::string(e.what()) + " (the key slots were read from the unauthenticated journal "
+                                  "header " + journal_path.string() + "; if this key is right, the journal is damaged)");
         }
         Journal journal = Journal::open(journal_path, dek);
         JournalEntry newest = journal.newest();
