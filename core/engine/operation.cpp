@@ -242,13 +242,10 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         SecureBytes dek;
         try {
             dek = unlock_dek(summary->header.record, sources, where);
-        } catch (const InvalidInput& e) {
-            throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
-                               "); keep the journal and the disk as they are and restore the disk from a backup");
-        } catch (const UnsupportedInput& e) {
-            throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
-                               "); keep the journal and the disk as they are and restore the disk from a backup");
         } catch (const Error& e) {
+            if (e.code() == ExitCode::invalid_input)
+                throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
+                                   "); keep the journal and the disk as they are and restore the disk from a backup");
             if (e.code() != ExitCode::key_error)
                 throw;
             throw Error(e.code(), std::string(e.what()) + " (the key slots were read from the unauthenticated journal "

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -32,16 +33,6 @@ constexpr std::array<std::string_view, 8> device_types = {
     "fullDevice", "partitionedDevice", "custom",
 };
 
-template <std::size_t N>
-bool contains(const std::array<std::string_view, N>& names, std::string_view name)
-{
-    for (std::string_view candidate : names) {
-        if (candidate == name)
-            return true;
-    }
-    return false;
-}
-
 }  // namespace
 
 std::string conversion_hint(std::string_view file_name)
@@ -60,10 +51,10 @@ Layout layout_of_create_type(std::string_view create_type, std::string_view file
     if (create_type == "streamOptimized")
         throw UnsupportedInput(prefix + "its grains are compressed and cannot be rewritten in place, so convert it "
                                         "first with: " + conversion_hint(file_name));
-    if (contains(delta_types, create_type))
+    if (std::ranges::find(delta_types, create_type) != delta_types.end())
         throw UnsupportedInput(prefix + "it is a snapshot delta, so consolidate the snapshots on the host first, "
                                         "or convert the whole chain with: " + conversion_hint(file_name));
-    if (contains(device_types, create_type))
+    if (std::ranges::find(device_types, create_type) != device_types.end())
         throw UnsupportedInput(prefix + "its data is on a raw device, not in files vmcrypt can rewrite; copy it "
                                         "into a file first with: " + conversion_hint(file_name));
     throw UnsupportedInput(prefix + "vmcrypt supports monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, "

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstdio>
@@ -36,16 +37,6 @@ std::size_t skip_spaces(std::string_view line, std::size_t pos)
     while (pos < line.size() && is_space(line[pos]))
         ++pos;
     return pos;
-}
-
-template <std::size_t N>
-bool contains(const std::array<std::string_view, N>& names, std::string_view name)
-{
-    for (std::string_view candidate : names) {
-        if (candidate == name)
-            return true;
-    }
-    return false;
 }
 
 // Parses a decimal number of digits only (no sign, no spaces), or returns nullopt.
@@ -177,7 +168,7 @@ ExtentLine parse_extent_line(std::string_view line, std::size_t line_number, con
     extent.line_number = line_number;
 
     extent.access = tokens[0].text;
-    if (!contains(access_modes, extent.access))
+    if (std::ranges::find(access_modes, extent.access) == access_modes.end())
         throw InvalidInput(where + ": extent: access \"" + extent.access +
                            "\" is not RW, RDONLY or NOACCESS; write it in upper case as one of these");
 
@@ -193,7 +184,7 @@ ExtentLine parse_extent_line(std::string_view line, std::size_t line_number, con
     extent.sectors = *sectors;
 
     extent.type = tokens[2].text;
-    if (!contains(extent_types, extent.type))
+    if (std::ranges::find(extent_types, extent.type) == extent_types.end())
         throw InvalidInput(where + ": extent: unknown extent type \"" + extent.type +
                            "\"; expected FLAT, SPARSE, ZERO, VMFS, VMFSSPARSE, VMFSRDM, VMFSRAW, SESPARSE or VSANSPARSE");
 
