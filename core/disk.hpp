@@ -17,7 +17,7 @@
 
 namespace vmcrypt {
 
-// A contiguous byte range of one file that holds guest data and nothing else.
+// A contiguous byte range of one file that contains guest data and nothing else.
 struct DataRun {
     std::size_t file_index = 0;       // index into Disk::files()
     std::uint64_t host_offset = 0;    // bytes, a multiple of 512

@@ -15,7 +15,7 @@ enum class ExitCode : int {
     usage = 2,          // bad command line
     invalid_input = 3,  // the disk is malformed, unsupported or in the wrong state for the request
     key_error = 4,      // a key is unavailable, or the key or passphrase is wrong
-    disk_in_use = 5,    // another program holds the disk
+    disk_in_use = 5,    // another program has the disk open
     io_error = 6,       // a read, write or sync failed
     interrupted = 7,    // an operation was stopped or is unfinished; re-running the command resumes it
 };

@@ -1,7 +1,7 @@
 #pragma once
 // A fast 64-bit non-cryptographic hash of a 512-byte unit, used by the crash journal only to tell a
 // unit's old content from its new content. The journal's MAC stops forgery, so collision resistance
-// against an attacker is not needed; with 64 bits the chance that a rewritten unit matches its old hash
+// against an attacker is not needed. With 64 bits the chance that a rewritten unit matches its old hash
 // is about 2^-64 per unit.
 
 #include <cstdint>

@@ -267,7 +267,7 @@ struct Journal::State {
     SecureBytes mac_key;
     std::uint64_t sequence = 0;  // of the newest entry written or found
 
-    // MACs bind the journal id, so entries cannot be moved between journals; the body MAC also binds
+    // MACs bind the journal id, so entries cannot be moved between journals. The body MAC also binds
     // the sequence number, so a body left from an older entry never passes for a newer one.
     Mac body_mac(const std::vector<std::uint8_t>& body, std::uint64_t entry_sequence, const JournalHeader& header) const
     {

@@ -50,7 +50,7 @@ struct JournalEntry {
     std::optional<MetadataWrite> metadata;   // for the metadata and finalize phases
 };
 
-// What inspect can read without a key: the header and the newest well-formed entry, unauthenticated.
+// The unauthenticated view inspect reads without a key: the header and the newest well-formed entry.
 struct JournalSummary {
     JournalHeader header;
     std::optional<JournalEntry> newest;

@@ -55,9 +55,9 @@ void check_relations(Disk& disk, const std::string& where)
                              relations.children.front());
 }
 
-// Returns the final metadata of an encrypt sized with a placeholder check value, so an embedded descriptor
-// that cannot hold it is rejected before the first write, and sets the options to compute the real check
-// value once all data is ciphertext.
+// Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded
+// descriptor without room is rejected before the first write. Sets the options to compute the real
+// check value once all data is ciphertext.
 MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
                                        RewriteOptions& options)
 {
@@ -257,8 +257,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
             throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
                             " exists; power off the VM (or remove a stale lock folder) and retry");
 
-        // Nothing is written before the checks below, unless the descriptor cannot be parsed: a crash in
-        // the middle of an in-place metadata write can leave it so, and the journal holds its complete bytes.
+        // Nothing is written before the checks below unless the descriptor cannot be parsed. A crash in the
+        // middle of an in-place metadata write can leave it so, and the journal contains its complete bytes.
         std::unique_ptr<Disk> disk;
         try {
             disk = opener(path, Access::read_write);

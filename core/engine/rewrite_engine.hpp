@@ -30,14 +30,14 @@ struct RewriteOptions {
     const std::atomic<bool>* stop_requested = nullptr;   // checked at window boundaries
     std::function<void(const Progress&)> on_progress;
     std::string resume_command;                          // for messages: "vmcrypt encrypt disk.vmdk"
-    // When set, called once all data is rewritten to make the final metadata write (which may then
-    // depend on the new data); it replaces the final metadata passed to start() or resume() and must
-    // not be larger than it.
+    // When set, called once all data is rewritten to make the final metadata write, which may then
+    // depend on the new data. Its result replaces the final metadata passed to start() or resume() and
+    // must not be larger.
     std::function<MetadataWrite()> make_final_metadata;
 };
 
-// What a new operation writes around the data: the metadata that marks it in progress, the metadata that
-// completes it, and the record the journal keeps for unlocking on resume.
+// The metadata writes around a new operation's data (one marks it in progress, one completes it), and
+// the record the journal keeps for unlocking on resume.
 struct RewritePlan {
     Operation operation = Operation::encrypt;
     MetadataWrite start_metadata;
@@ -71,7 +71,7 @@ private:
 
 // Writes the metadata of a journal entry straight into the metadata file, before the disk is parsed: a
 // crash during an in-place metadata write (an embedded descriptor) can leave it unparseable, and the
-// journal holds the complete bytes. The caller has verified the journal with the DEK.
+// journal contains the complete bytes. The caller has verified the journal with the DEK.
 void replay_metadata(const std::filesystem::path& metadata_file, const MetadataWrite& update);
 
 }  // namespace vmcrypt

@@ -42,7 +42,7 @@ std::optional<std::string> find_lock_holder(const File& file)
 {
     struct flock request = lock_request(F_WRLCK);
     if (::fcntl(file.fd(), F_OFD_GETLK, &request) != 0)
-        return std::nullopt;  // locking unsupported here: nothing can be said
+        return std::nullopt;  // locking is unsupported here, so no holder can be found
     if (request.l_type == F_UNLCK)
         return std::nullopt;
     return request.l_type == F_WRLCK ? std::string("exclusive lock (another vmcrypt run)")

@@ -111,7 +111,7 @@ SecureBytes KeyStoreSource::load_kek(const std::string& kek_id) const
     try {
         content = read_small_file(path, 4096);
     } catch (const InvalidInput& e) {
-        throw KeyUnavailable(std::string(e.what()) + " (a KEK file holds 64 hex digits)");
+        throw KeyUnavailable(std::string(e.what()) + " (a KEK file contains 64 hex digits)");
     }
     SecureBytes kek = parse_kek_text(content, path.string());
     Botan::secure_scrub_memory(content.data(), content.size());

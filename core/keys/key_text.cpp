@@ -24,8 +24,8 @@ SecureBytes parse_kek_text(const std::string& content, const std::string& where)
     for (char c : hex)
         all_hex = all_hex && std::isxdigit(static_cast<unsigned char>(c));
     if (!all_hex)
-        throw KeyUnavailable(where + ": a KEK file must hold 32 raw bytes or 64 hex digits (it holds " +
-                             std::to_string(content.size()) + " bytes)");
+        throw KeyUnavailable(where + ": invalid KEK file: expected 32 raw bytes or 64 hex digits, found " +
+                             std::to_string(content.size()) + " bytes of another form");
     return Botan::hex_decode_locked(hex.data(), hex.size());
 }
 
