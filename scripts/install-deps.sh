@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libbotan-2-dev libcli11-dev nlohmann-json3-dev libgtest-dev
-  qemu-utils e2fsprogs cryptsetup-bin openssl python3
+  qemu-utils e2fsprogs cryptsetup-bin openssl python3 python3-cryptography
+  python3-pykmip libqcow-utils python3-libqcow
   clang libclang-rt-14-dev
 )
 
