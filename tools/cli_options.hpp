@@ -34,6 +34,12 @@ struct RewriteCommandOptions {
     std::uint64_t window_mib = 16;
 };
 
+struct ConsolidateCommandOptions {
+    std::string disk;
+    bool delete_other_branches = false;
+    bool dry_run = false;
+};
+
 ProgressMode progress_mode(const GlobalOptions& global);
 
 }  // namespace vmcrypt::cli

@@ -9,5 +9,6 @@ namespace vmcrypt::cli {
 int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_inspect(const GlobalOptions& global, const std::string& disk);
+int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options);
 
 }  // namespace vmcrypt::cli

@@ -124,7 +124,17 @@ int main(int argc, char** argv)
                                                       "without writing anything");
     inspect->add_option("DISK", inspect_disk, "the disk: a .vmdk descriptor or monolithic sparse file")->required();
 
-    for (CLI::App* command : {encrypt, decrypt, inspect})
+    vmcrypt::cli::ConsolidateCommandOptions consolidate_options;
+    CLI::App* consolidate = app.add_subcommand("consolidate-snapshots",
+                                               "merge a disk's snapshot chain into its base disk (re-run to resume)");
+    consolidate->add_option("DISK", consolidate_options.disk, "any disk of the chain, usually the newest snapshot")
+        ->required();
+    consolidate->add_flag("--delete-other-branches", consolidate_options.delete_other_branches,
+                          "when the chain branches, keep DISK's branch and delete the files of the others");
+    consolidate->add_flag("-n,--dry-run", consolidate_options.dry_run,
+                          "print the plan (files, bytes to copy, files to remove) and change nothing");
+
+    for (CLI::App* command : {encrypt, decrypt, inspect, consolidate})
         command->fallthrough();
 
     try {
@@ -152,6 +162,8 @@ int main(int argc, char** argv)
             return vmcrypt::cli::run_encrypt(global, encrypt_options);
         if (decrypt->parsed())
             return vmcrypt::cli::run_decrypt(global, decrypt_options);
+        if (consolidate->parsed())
+            return vmcrypt::cli::run_consolidate(global, consolidate_options);
         return vmcrypt::cli::run_inspect(global, inspect_disk);
     } catch (const vmcrypt::Error& e) {
         return report_error(global, static_cast<int>(e.code()), e.what());

@@ -214,4 +214,30 @@ bool looks_like_descriptor(std::string_view text)
     return false;
 }
 
+void Descriptor::replace_value(std::string_view key, std::string_view value)
+{
+    for (char c : value) {
+        auto byte = static_cast<unsigned char>(c);
+        if (c == '"' || byte < 0x20 || byte == 0x7f)
+            throw InvalidInput(file_name_ + ": " + std::string(key) +
+                               ": the new value contains '\"' or a control character, which a descriptor line "
+                               "cannot hold");
+    }
+    for (const Pair& pair : pairs_) {
+        if (pair.key != key)
+            continue;
+        std::string& text = lines_[pair.line_index].text;
+        std::size_t start = text.find('=') + 1;
+        start = text.find_first_not_of(" \t", start);
+        if (start == std::string::npos)
+            start = text.size();
+        if (start < text.size() && text[start] == '"')
+            ++start;
+        text.replace(start, pair.value.size(), value);
+        analyze();
+        return;
+    }
+    throw InvalidInput(file_name_ + ": " + std::string(key) + ": missing, so its value cannot be replaced");
+}
+
 }  // namespace vmcrypt::vmdk

@@ -58,6 +58,11 @@ public:
     // Removes every ddb.vmcrypt.* line.
     void remove_record();
 
+    // Replaces the value of the existing `key = value` line, keeping the key, the spacing, the quotes and
+    // the line ending. Throws InvalidInput when the line is missing or the new value has a '"' or a
+    // control character.
+    void replace_value(std::string_view key, std::string_view value);
+
 private:
     struct Line {
         std::string text;    // without the line ending

@@ -15,6 +15,16 @@ std::vector<File*> VmdkDisk::files()
     return result;
 }
 
+std::vector<VmdkDisk::ExtentFile> VmdkDisk::extent_files()
+{
+    std::vector<ExtentFile> result;
+    for (const Extent& extent : extents_) {
+        File* file = extent.file_index ? files_[*extent.file_index].get() : nullptr;
+        result.push_back(ExtentFile{extent.line, file, extent.first_sector});
+    }
+    return result;
+}
+
 MetadataWrite VmdkDisk::record_update(const std::optional<RecordFields>& fields) const
 {
     Descriptor updated = descriptor_;

@@ -41,6 +41,14 @@ public:
 
     const Descriptor& descriptor() const { return descriptor_; }
 
+    // One extent line with its open file, for code that reads or writes grains itself.
+    struct ExtentFile {
+        ExtentLine line;
+        File* file = nullptr;           // nullptr for a ZERO extent
+        std::uint64_t first_sector = 0; // guest sector where the extent starts
+    };
+    std::vector<ExtentFile> extent_files();
+
 private:
     // The embedded descriptor's reserved area in files_[0], in bytes.
     struct EmbeddedArea {

@@ -1,0 +1,383 @@
+// consolidate-snapshots: planning, the copy phase, the switch and resuming after a crash.
+
+#include "formats/vmdk/consolidate.hpp"
+
+#include "core/crypto/random.hpp"
+#include "core/engine/fault_injection.hpp"
+#include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "core/io/locks.hpp"
+#include "core/log.hpp"
+#include "formats/vmdk/base_writer.hpp"
+#include "formats/vmdk/consolidate_intent.hpp"
+#include "formats/vmdk/vmx_file.hpp"
+
+#include <algorithm>
+#include <set>
+
+namespace vmcrypt::vmdk {
+
+namespace {
+
+std::filesystem::path absolute_path(const std::filesystem::path& path)
+{
+    std::error_code error;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(path, error);
+    return error ? std::filesystem::absolute(path).lexically_normal() : canonical;
+}
+
+std::filesystem::path folder_of(const std::filesystem::path& path)
+{
+    std::filesystem::path folder = path.parent_path();
+    return folder.empty() ? std::filesystem::path(".") : folder;
+}
+
+// A new CID with as many hex digits as the old one, so that the descriptor keeps its length and the
+// in-place write changes only those digits. Never the old CID, ffffffff (no parent) or fffffffe
+// (qemu's "CID not yet written").
+std::uint32_t new_content_id(std::uint32_t old_cid, std::size_t digits)
+{
+    std::uint64_t limit = digits >= 8 ? 0x100000000ull : (1ull << (4 * digits));
+    for (;;) {
+        SecureBytes bytes = random_bytes(4);
+        std::uint32_t cid = static_cast<std::uint32_t>(bytes[0]) | static_cast<std::uint32_t>(bytes[1]) << 8 |
+                            static_cast<std::uint32_t>(bytes[2]) << 16 | static_cast<std::uint32_t>(bytes[3]) << 24;
+        cid = static_cast<std::uint32_t>(cid % limit);
+        if (cid != old_cid && cid != 0xffffffff && cid != 0xfffffffe)
+            return cid;
+    }
+}
+
+// The base descriptor with `cid` as its CID (and as the last 8 digits of ddb.longContentID, which
+// VMware keeps equal to the CID), as a metadata write of the whole descriptor area or file.
+MetadataWrite cid_update(VmdkDisk& base, const std::string& cid)
+{
+    Descriptor updated = base.descriptor();
+    std::string old_text = updated.serialize();
+    std::optional<std::string> old_cid = updated.value("CID");
+    std::string written = cid;
+    if (old_cid && old_cid->size() < written.size())
+        written = written.substr(written.size() - old_cid->size());
+    updated.replace_value("CID", written);
+    if (std::optional<std::string> long_id = updated.value("ddb.longContentID"); long_id && long_id->size() == 32)
+        updated.replace_value("ddb.longContentID", long_id->substr(0, 24) + cid);
+
+    MetadataWrite write;
+    write.file_index = 0;
+    std::string bytes = updated.serialize();
+    if (bytes.size() != old_text.size())
+        throw Error(ExitCode::failure, base.descriptor().file_name() + ": the new CID changed the descriptor's length");
+    write.bytes.assign(bytes.begin(), bytes.end());
+    bool embedded = base.files().size() == 1 && base.descriptor().extents().size() == 1 &&
+                    base.descriptor().extents()[0].type == "SPARSE" && base.subformat() == "monolithicSparse";
+    if (embedded) {
+        // The area of the embedded descriptor: VmdkDisk::apply() checks that the write covers it exactly.
+        File& file = *base.files()[0];
+        std::vector<std::uint8_t> header(512);
+        header.resize(file.read_at(0, header));
+        std::uint64_t offset = 0;
+        for (int i = 7; i >= 0; --i)
+            offset = offset << 8 | header[28 + static_cast<std::size_t>(i)];
+        write.offset = offset * 512;
+    } else {
+        write.offset = 0;
+        write.truncate_to = bytes.size();
+    }
+    return write;
+}
+
+std::vector<std::string> file_paths(ChainMember& member)
+{
+    std::vector<std::string> paths;
+    for (File* file : member.files())
+        paths.push_back(absolute_path(file->path()).string());
+    return paths;
+}
+
+void remove_file_durably(const std::string& path, const char* fault_name)
+{
+    std::error_code error;
+    if (!std::filesystem::remove(path, error) && error)
+        throw IoError(path + ": removing the file failed: " + error.message());
+    sync_directory(folder_of(path));
+    fault_point(fault_name);
+}
+
+// Finds the intent of an unfinished merge that `disk` belongs to: next to the disk if it is the base,
+// else any intent file in the disk's folder that names it (its deltas may be removed already).
+std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> find_intent(const std::filesystem::path& disk)
+{
+    std::filesystem::path own = consolidate_intent_path(absolute_path(disk));
+    if (std::optional<ConsolidateIntent> intent = read_consolidate_intent(own))
+        return std::make_pair(own, *intent);
+
+    std::error_code error;
+    std::filesystem::directory_iterator entry(folder_of(absolute_path(disk)), error);
+    for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
+        std::filesystem::path candidate = entry->path();
+        if (candidate.extension() != ".vmcrypt-consolidate")
+            continue;
+        std::optional<ConsolidateIntent> intent = read_consolidate_intent(candidate);
+        if (intent && intent->mentions(disk))
+            return std::make_pair(candidate, *intent);
+    }
+    return std::nullopt;
+}
+
+ConsolidateReport report_of(const ConsolidateIntent& intent)
+{
+    ConsolidateReport report;
+    report.disk = intent.base;
+    report.top = intent.top;
+    report.merged.assign(intent.deltas.rbegin(), intent.deltas.rend());
+    report.removed_files = intent.remove_files;
+    report.branch_files = intent.branch_files;
+    report.vmx_files = intent.vmx_files;
+    for (const std::string& vmx : intent.vmx_files)
+        report.vmsd_files.push_back(vmsd_path_of(vmx).string());
+    report.old_cid = intent.old_cid;
+    report.new_cid = intent.new_cid;
+    return report;
+}
+
+// The .vmx files that name the top, to repoint; refuses a .vmx that names any other file about to be
+// removed, because the VM it configures would lose its disk.
+std::vector<std::string> plan_vmx_updates(const SnapshotChain& chain, const std::set<std::string>& removed,
+                                          const std::filesystem::path& top)
+{
+    std::set<std::filesystem::path> folders;
+    for (const auto& member : chain.members)
+        folders.insert(absolute_path(folder_of(member->path())));
+    for (const auto& member : chain.branches)
+        folders.insert(absolute_path(folder_of(member->path())));
+    std::filesystem::path top_folder = absolute_path(folder_of(top));
+
+    std::set<std::string> vmx_files;
+    for (const std::filesystem::path& folder : folders) {
+        for (const VmxDiskReference& reference : find_vmx_disk_references(folder)) {
+            if (names_disk(reference, top)) {
+                if (absolute_path(folder_of(reference.vmx)) == top_folder) {
+                    if (auto lock_folder = find_vmware_lock(reference.vmx))
+                        throw DiskInUse(reference.vmx.string() + ": VMware lock folder " + lock_folder->string() +
+                                        " exists, so the VM is running; power it off and retry");
+                    vmx_files.insert(absolute_path(reference.vmx).string());
+                }
+                continue;
+            }
+            std::string named = absolute_path(reference.resolved).string();
+            if (removed.count(named))
+                throw WrongDiskState(reference.vmx.string() + ": " + reference.key + " names " + reference.value +
+                                     ", a snapshot that consolidating " + top.string() +
+                                     " would remove, so that VM would lose its disk; name the snapshot that VM uses, "
+                                     "or change the .vmx first");
+        }
+    }
+    return {vmx_files.begin(), vmx_files.end()};
+}
+
+}  // namespace
+
+std::filesystem::path consolidate_intent_path(const std::filesystem::path& base)
+{
+    std::filesystem::path path = base;
+    path += ".vmcrypt-consolidate";
+    return path;
+}
+
+namespace {
+
+// After the commit point: new base CID, .vmx and .vmsd, removal of the merged deltas and the intent.
+// Every step checks what is done already, so a re-run after a crash anywhere here finishes the job.
+void finish_switch(VmdkDisk& base, const ConsolidateIntent& intent, const std::filesystem::path& intent_path)
+{
+    std::optional<std::uint32_t> cid = base.descriptor().cid();
+    if (!cid || format_content_id(*cid) != intent.new_cid) {
+        base.apply(cid_update(base, intent.new_cid));
+        log_info(intent.base + ": CID set to " + intent.new_cid);
+    }
+    fault_point("consolidate-cid-written");
+
+    for (const std::string& vmx : intent.vmx_files) {
+        std::error_code error;
+        if (!std::filesystem::exists(vmx, error))
+            continue;
+        if (repoint_vmx_disk(vmx, intent.top, intent.base))
+            log_info(vmx + ": now names " + intent.base);
+        std::filesystem::path vmsd = vmsd_path_of(vmx);
+        if (empty_snapshot_list(vmsd))
+            log_info(vmsd.string() + ": snapshot list emptied");
+    }
+    fault_point("consolidate-vmx-updated");
+
+    // Newest first, so that an interrupted removal never leaves a delta whose parent is gone while it
+    // is still there.
+    std::vector<std::string> files = intent.remove_files;
+    for (const std::string& file : files)
+        remove_file_durably(file, "consolidate-delta-file-removed");
+
+    std::error_code error;
+    std::filesystem::remove(intent_path, error);
+    if (error)
+        throw IoError(intent_path.string() + ": removing the intent file failed: " + error.message());
+    sync_directory(folder_of(intent_path));
+}
+
+void copy_and_switch(SnapshotChain& chain, ConsolidateIntent intent, const std::filesystem::path& intent_path,
+                     const ConsolidateOptions& options, bool resumed)
+{
+    VmdkDisk& base = *chain.members.front()->disk();
+
+    // Other branches go first: they read the base, which is about to change.
+    for (const std::string& file : intent.branch_files) {
+        std::error_code error;
+        if (std::filesystem::exists(file, error))
+            remove_file_durably(file, "consolidate-branch-file-removed");
+    }
+    chain.branches.clear();
+
+    std::vector<std::vector<GuestRun>> layers;
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        layers.push_back(chain.members[i]->delta_runs());
+    std::vector<GuestRun> runs = overlay_layers(layers);
+
+    BaseWriter writer(base);
+    if (resumed)
+        for (const auto& [file, size] : intent.sparse_file_sizes)
+            if (std::uint64_t trimmed = writer.trim_unreferenced_grains(file, size))
+                log_info(file + ": removed " + std::to_string(trimmed) + " bytes of grains an interrupted run appended");
+    BaseWriteEstimate estimate = writer.check(runs);
+
+    std::uint64_t total = estimate.data_bytes + estimate.zero_bytes;
+    std::uint64_t done = 0;
+    writer.write(runs, [&](const GuestRun& run) {
+        done += run.length;
+        if (options.on_progress)
+            options.on_progress(done, total);
+        fault_point("consolidate-run-copied");
+        if (options.stop_requested && options.stop_requested->load())
+            throw Interrupted(intent.top + ": stopped while copying into " + intent.base +
+                              "; the chain still reads as before, and re-running the command resumes the merge");
+    });
+    fault_point("consolidate-copied");
+
+    // COMMIT POINT: the base holds the top's state durably; from here a re-run finishes the switch.
+    intent.phase = ConsolidatePhase::switch_metadata;
+    write_consolidate_intent(intent_path, intent);
+    fault_point("consolidate-switch-recorded");
+
+    finish_switch(base, intent, intent_path);
+}
+
+ConsolidateReport resume(const std::filesystem::path& intent_path, ConsolidateIntent intent,
+                         const ConsolidateOptions& options)
+{
+    ConsolidateReport report = report_of(intent);
+    report.resumed = true;
+    if (options.dry_run) {
+        report.dry_run = true;
+        return report;
+    }
+    log_info(intent_path.string() + ": resuming an interrupted merge");
+
+    if (intent.phase == ConsolidatePhase::switch_metadata) {
+        std::unique_ptr<ChainMember> base = ChainMember::open(intent.base, Access::read_write);
+        if (!base->disk())
+            throw InvalidInput(intent.base + ": the base named by " + intent_path.string() + " is not a base disk");
+        finish_switch(*base->disk(), intent, intent_path);
+        return report;
+    }
+
+    BranchPolicy policy = intent.branch_files.empty() ? options.branches : BranchPolicy::delete_other_branches;
+    SnapshotChain chain = open_snapshot_chain(intent.top, Access::read_write, policy);
+    std::vector<std::string> deltas;
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        deltas.push_back(absolute_path(chain.members[i]->path()).string());
+    std::optional<std::uint32_t> cid = chain.members.front()->descriptor().cid();
+    bool same = absolute_path(chain.members.front()->path()).string() == intent.base && deltas == intent.deltas &&
+                cid && format_content_id(*cid) == intent.old_cid;
+    if (!same)
+        throw InvalidInput(intent_path.string() + ": the snapshot chain of " + intent.top +
+                           " is no longer the one this interrupted merge started on (other files or another base "
+                           "CID); put the original files back, or restore the chain from a backup");
+    for (const auto& member : chain.branches)
+        for (const std::string& file : file_paths(*member))
+            if (std::find(intent.branch_files.begin(), intent.branch_files.end(), file) == intent.branch_files.end())
+                intent.branch_files.push_back(file);
+
+    copy_and_switch(chain, intent, intent_path, options, true);
+    return report;
+}
+
+}  // namespace
+
+ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const ConsolidateOptions& options)
+{
+    if (auto found = find_intent(disk))
+        return resume(found->first, found->second, options);
+    std::error_code error;
+    if (!std::filesystem::exists(disk, error))
+        throw InvalidInput(disk.string() + ": file not found; check the path of the disk");
+
+    Access access = options.dry_run ? Access::read_only : Access::read_write;
+    SnapshotChain chain = open_snapshot_chain(disk, access, options.branches);
+    ChainMember& base_member = *chain.members.front();
+    ChainMember& top_member = *chain.members.back();
+    std::filesystem::path base_path = absolute_path(base_member.path());
+    std::filesystem::path intent_path = consolidate_intent_path(base_path);
+    if (auto intent = read_consolidate_intent(intent_path)) {
+        chain = SnapshotChain{};
+        return resume(intent_path, *intent, options);
+    }
+
+    VmdkDisk* base = base_member.disk();
+    if (!base)
+        throw UnsupportedInput(base_member.name() + ": the base of the chain is an ESXi delta without a parent; "
+                                                    "restore its parent disk");
+
+    ConsolidateIntent intent;
+    intent.base = base_path.string();
+    intent.top = absolute_path(top_member.path()).string();
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        intent.deltas.push_back(absolute_path(chain.members[i]->path()).string());
+    for (std::size_t i = chain.members.size() - 1; i >= 1; --i)
+        for (const std::string& file : file_paths(*chain.members[i]))
+            intent.remove_files.push_back(file);
+    for (const auto& member : chain.branches)
+        for (const std::string& file : file_paths(*member))
+            intent.branch_files.push_back(file);
+    std::set<std::string> removed(intent.remove_files.begin(), intent.remove_files.end());
+    removed.insert(intent.branch_files.begin(), intent.branch_files.end());
+    removed.erase(intent.top);
+    intent.vmx_files = plan_vmx_updates(chain, removed, intent.top);
+
+    std::optional<std::uint32_t> old_cid = base->descriptor().cid();
+    if (!old_cid)
+        throw InvalidInput(base_member.name() + ": CID: missing in the base's descriptor; add a CID line");
+    intent.old_cid = format_content_id(*old_cid);
+    std::size_t digits = base->descriptor().value("CID")->size();
+    intent.new_cid = format_content_id(new_content_id(*old_cid, digits));
+    cid_update(*base, intent.new_cid);  // throws now if the descriptor cannot take it
+
+    std::vector<std::vector<GuestRun>> layers;
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        layers.push_back(chain.members[i]->delta_runs());
+    BaseWriter writer(*base);
+    BaseWriteEstimate estimate = writer.check(overlay_layers(layers));
+    intent.sparse_file_sizes = writer.sparse_file_sizes();
+
+    ConsolidateReport report = report_of(intent);
+    report.data_bytes = estimate.data_bytes;
+    report.zero_bytes = estimate.zero_bytes;
+    report.appended_bytes = estimate.appended_bytes;
+    if (options.dry_run) {
+        report.dry_run = true;
+        return report;
+    }
+
+    write_consolidate_intent(intent_path, intent);
+    fault_point("consolidate-intent-written");
+    copy_and_switch(chain, intent, intent_path, options, false);
+    return report;
+}
+
+}  // namespace vmcrypt::vmdk

@@ -1,0 +1,95 @@
+// consolidate-snapshots: merge a VMDK snapshot chain into its base, and report which file is the disk now.
+
+#include "core/log.hpp"
+#include "formats/vmdk/consolidate.hpp"
+#include "tools/commands.hpp"
+#include "tools/progress_reporter.hpp"
+#include "tools/stop_signals.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+
+namespace vmcrypt::cli {
+
+namespace {
+
+void print_list(const char* title, const std::vector<std::string>& items)
+{
+    if (items.empty())
+        return;
+    std::printf("  %s:\n", title);
+    for (const std::string& item : items)
+        std::printf("    %s\n", item.c_str());
+}
+
+}  // namespace
+
+int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options)
+{
+    vmdk::ConsolidateOptions consolidate;
+    consolidate.branches = options.delete_other_branches ? vmdk::BranchPolicy::delete_other_branches
+                                                         : vmdk::BranchPolicy::reject;
+    consolidate.dry_run = options.dry_run;
+
+    ProgressReporter reporter(options.dry_run ? ProgressMode::none : progress_mode(global), options.disk);
+    consolidate.on_progress = [&reporter](std::uint64_t done, std::uint64_t total) {
+        reporter.update(Progress{done, total});
+    };
+    install_stop_handlers();
+    consolidate.stop_requested = &stop_flag();
+
+    auto started = std::chrono::steady_clock::now();
+    log_info("consolidate-snapshots " + options.disk + ": starting");
+    vmdk::ConsolidateReport report = vmdk::consolidate_snapshots(options.disk, consolidate);
+    reporter.finish();
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+
+    if (global.json) {
+        nlohmann::json result = {{"schema", "vmcrypt-consolidate/1"},
+                                 {"command", "consolidate-snapshots"},
+                                 {"dryRun", report.dry_run},
+                                 {"resumed", report.resumed},
+                                 {"disk", report.disk},
+                                 {"top", report.top},
+                                 {"merged", report.merged},
+                                 {"removedFiles", report.removed_files},
+                                 {"removedBranchFiles", report.branch_files},
+                                 {"vmxFiles", report.vmx_files},
+                                 {"vmsdFiles", report.vmsd_files},
+                                 {"bytesToCopy", report.data_bytes},
+                                 {"zeroBytes", report.zero_bytes},
+                                 {"maxBytesAppended", report.appended_bytes},
+                                 {"oldCid", report.old_cid},
+                                 {"newCid", report.new_cid},
+                                 {"seconds", seconds}};
+        std::printf("%s\n", result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+        return 0;
+    }
+    if (global.quiet)
+        return 0;
+
+    if (report.dry_run) {
+        std::printf("%s: would merge %zu snapshot%s into %s%s\n", report.top.c_str(), report.merged.size(),
+                    report.merged.size() == 1 ? "" : "s", report.disk.c_str(),
+                    report.resumed ? " (finishing an interrupted merge)" : "");
+        if (!report.resumed)
+            std::printf("  bytes to copy: %s (%llu bytes), zeroed: %s\n", format_bytes(report.data_bytes).c_str(),
+                        static_cast<unsigned long long>(report.data_bytes), format_bytes(report.zero_bytes).c_str());
+        print_list("snapshots merged, newest first", report.merged);
+        print_list("files to remove", report.removed_files);
+        print_list("files of other branches to remove", report.branch_files);
+        print_list(".vmx files to repoint", report.vmx_files);
+        print_list(".vmsd snapshot lists to empty", report.vmsd_files);
+        return 0;
+    }
+    std::printf("%s: the disk is now %s (%zu snapshot%s merged%s)\n", report.top.c_str(), report.disk.c_str(),
+                report.merged.size(), report.merged.size() == 1 ? "" : "s", report.resumed ? ", resumed" : "");
+    print_list("removed", report.removed_files);
+    print_list("removed from other branches", report.branch_files);
+    print_list("repointed to the base", report.vmx_files);
+    return 0;
+}
+
+}  // namespace vmcrypt::cli
