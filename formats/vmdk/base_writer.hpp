@@ -2,8 +2,8 @@
 // Writing the merged view of a snapshot chain into its base disk, in place.
 //
 // Each range is written where the base keeps that guest range: at the same offset of a flat extent, or
-// into the grain of a sparse extent, appending a new grain at the end of the extent file for a grain the
-// base has not allocated. Only ranges some delta covers are written, so while the deltas exist the top
+// into the grain of a sparse extent. A grain the base has not allocated is appended at the end of the
+// extent file. Only ranges some delta covers are written, so while the deltas exist the top
 // of the chain reads the same before, during and after the copy, and copying again after a crash gives
 // the same base. Order for a new grain, so that a crash leaks space instead of corrupting: grain data,
 // fdatasync, then the grain table entries that point to it.
@@ -40,7 +40,7 @@ public:
     void write(const std::vector<GuestRun>& runs, const std::function<void(const GuestRun&)>& on_run);
 
     // Cuts off grains that an interrupted write appended to a sparse extent file but never entered into
-    // a grain table: the file is truncated to the larger of its size before the first run
+    // a grain table. The file is truncated to the larger of its size before the first run
     // (`original_size`) and the end of its last referenced grain. Returns the bytes removed.
     std::uint64_t trim_unreferenced_grains(const std::string& file_path, std::uint64_t original_size);
 

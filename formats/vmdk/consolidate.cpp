@@ -140,8 +140,8 @@ ConsolidateReport report_of(const ConsolidateIntent& intent)
     return report;
 }
 
-// The .vmx files that name the top, to repoint; refuses a .vmx that names any other file about to be
-// removed, because the VM it configures would lose its disk.
+// Returns the .vmx files next to the top that name it, to repoint. Rejects a .vmx that names any
+// other file about to be removed, because the VM it configures would lose its disk.
 std::vector<std::string> plan_vmx_updates(const SnapshotChain& chain, const std::set<std::string>& removed,
                                           const std::filesystem::path& top)
 {
@@ -260,7 +260,7 @@ void copy_and_switch(SnapshotChain& chain, ConsolidateIntent intent, const std::
     });
     fault_point("consolidate-copied");
 
-    // COMMIT POINT: the base holds the top's state durably; from here a re-run finishes the switch.
+    // COMMIT POINT: the base contains the top's state durably; from here a re-run finishes the switch.
     intent.phase = ConsolidatePhase::switch_metadata;
     write_consolidate_intent(intent_path, intent);
     fault_point("consolidate-switch-recorded");
@@ -310,7 +310,37 @@ ConsolidateReport resume(const std::filesystem::path& intent_path, ConsolidateIn
 
 }  // namespace
 
+namespace {
+
+ConsolidateReport start_or_resume(const std::filesystem::path& disk, const ConsolidateOptions& options);
+
+}  // namespace
+
 ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const ConsolidateOptions& options)
+{
+    try {
+        return start_or_resume(disk, options);
+    } catch (const Interrupted&) {
+        throw;
+    } catch (const Error& e) {
+        // "Recovery needed": once an intent file exists the chain is mid-merge but consistent. Failures
+        // before it changed nothing and keep their message.
+        std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> found;
+        try {
+            found = find_intent(disk);
+        } catch (const Error&) {
+            throw e;
+        }
+        if (!found || options.dry_run)
+            throw;
+        throw Error(e.code(), std::string(e.what()) + "; the merge is unfinished but nothing is lost: fix the "
+                              "cause and run `vmcrypt consolidate-snapshots " + found->second.top + "` to resume");
+    }
+}
+
+namespace {
+
+ConsolidateReport start_or_resume(const std::filesystem::path& disk, const ConsolidateOptions& options)
 {
     if (auto found = find_intent(disk))
         return resume(found->first, found->second, options);
@@ -379,5 +409,7 @@ ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const
     copy_and_switch(chain, intent, intent_path, options, false);
     return report;
 }
+
+}  // namespace
 
 }  // namespace vmcrypt::vmdk

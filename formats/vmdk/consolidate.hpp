@@ -4,7 +4,7 @@
 // Crash safety. An intent file "<base>.vmcrypt-consolidate" (JSON, replaced atomically) records the plan
 // before the first write, and its phase decides what a re-run does:
 //   copy   - the deltas' data is being copied into the base. Only guest ranges that some delta covers are
-//            written, and the base CID stays, so the top of the chain reads the same throughout; a re-run
+//            written, and the base CID stays, so the top of the chain reads the same throughout. A re-run
 //            copies again, which gives the same base.
 //   switch - COMMIT POINT: the base holds the current state, durably. A re-run finishes the switch: new
 //            base CID, .vmx and .vmsd updates, removal of the merged delta files, removal of the intent.
@@ -32,8 +32,8 @@ struct ConsolidateOptions {
 };
 
 struct ConsolidateReport {
-    std::string disk;                        // the base descriptor: the file that holds the disk now
-    std::string top;                         // the newest snapshot, whose state the base now holds
+    std::string disk;                        // the base descriptor: the file that is the disk now
+    std::string top;                         // the newest snapshot, whose state the base now contains
     std::vector<std::string> merged;         // delta descriptors merged, newest first
     std::vector<std::string> removed_files;  // every file of the merged deltas
     std::vector<std::string> branch_files;   // every file of the other branches

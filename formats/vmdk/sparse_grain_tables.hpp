@@ -30,7 +30,7 @@ public:
     // Sets the GTE of `grain`, whose table must exist. Nothing is written until write_changed().
     void set_entry(std::uint64_t grain, std::uint32_t value);
 
-    // Writes the changed tables (no sync) and forgets every cached table.
+    // Writes the changed tables (no sync) and drops every cached table.
     void write_changed();
 
 private:

@@ -5,8 +5,8 @@
 # deltas base-000001.vmdk ... named as VMware Workstation names them, each made by
 # `qemu-img create -b` and written by qemu-io. Every layer writes its own pattern over data of the base
 # and of the layer below, into grains the base never allocated, across grain boundaries and at the
-# last sectors, and zeroes with `write -z` a whole grain the layer below wrote (a zeroed grain, GTE 1)
-# and a partial range. Prints the path of the top.
+# last sectors. It also zeroes with `write -z` a whole grain that the layer below wrote (a zeroed
+# grain, GTE 1) and a partial range. Prints the path of the top.
 make_snapshot_chain() {
     local dir=$1 subformat=$2 size=$3 depth=$4 options=${5:-}
     local bytes top layer pattern
@@ -72,4 +72,36 @@ expect_files_gone() {
 # Prints the CID of DISK's descriptor.
 descriptor_cid() {
     read_descriptor "$1" | sed -n 's/^CID=\([0-9a-fA-F]*\)\r\?$/\1/p'
+}
+
+# Replaces the regular expression PATTERN (Python syntax, multi-line) by REPLACEMENT in the
+# descriptor of DISK, embedded (NUL-padded in its area) or separate. Fails when nothing matches.
+edit_descriptor() {
+    "$PYTHON" - "$@" <<'PY' || fail "edit_descriptor $*: failed"
+import re, struct, sys
+
+path, pattern, replacement = sys.argv[1:4]
+with open(path, "r+b") as disk:
+    header = disk.read(512)
+    if header[:4] == b"KDMV":
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        disk.seek(offset * 512)
+        area = disk.read(size * 512)
+        text = area.split(b"\0", 1)[0].decode()
+    else:
+        disk.seek(0)
+        text = disk.read().split(b"\0", 1)[0].decode()
+    new, count = re.subn(pattern, replacement, text, flags=re.M)
+    if count == 0:
+        sys.exit(f"{pattern!r} not found in the descriptor of {path}")
+    data = new.encode()
+    if header[:4] == b"KDMV":
+        assert len(data) < size * 512
+        disk.seek(offset * 512)
+        disk.write(data + bytes(size * 512 - len(data)))
+    else:
+        disk.seek(0)
+        disk.truncate()
+        disk.write(data)
+PY
 }

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Crash matrix for consolidate-snapshots: SIGKILL at every named fault point (several passes of the
+# repeated ones) and at random times, on copies of one chain. At each kill the current state must
+# still be readable: through the top while the intent file records phase "copy", through the base after the
+# commit point. Re-running the command must finish the merge with the base identical to the top's
+# raw export taken before, qemu-img check clean, the deltas and the intent file gone and the .vmx
+# repointed. Injected I/O errors must leave the same resumable state.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/consolidate_lib.sh"
+
+template="$TEST_TMP/template"
+top_name=base-000003.vmdk
+make_snapshot_chain "$template" monolithicSparse 64M 3 zeroed_grain=on >/dev/null
+echo "scsi0:0.fileName = \"$top_name\"" >"$template/vm.vmx"
+export_chain_raw "$template/$top_name" "$TEST_TMP/expected.raw"
+
+# A second template with another branch, for the fault points that remove branch files.
+branch_template="$TEST_TMP/branch-template"
+cp -a "$template" "$branch_template"
+(
+    cd "$branch_template"
+    qemu-img create -q -f vmdk -b base-000001.vmdk -F vmdk other-1.vmdk
+    qemu-io -f vmdk -c "write -P 0x99 0 2M" other-1.vmdk >/dev/null
+    qemu-img create -q -f vmdk -b other-1.vmdk -F vmdk other-2.vmdk
+)
+
+run=0
+
+# Checks that the state a kill left reads as the top did: through the top before the commit point,
+# through the base after it.
+expect_state_readable() {
+    local dir=$1 context=$2
+    local intent="$dir/base.vmdk.vmcrypt-consolidate"
+    if [[ -e $intent ]] && grep -q '"phase": "switch"' "$intent"; then
+        expect_same_as_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "$context (after the commit point)"
+    elif [[ -e $dir/$top_name ]]; then
+        expect_same_as_raw "$dir/$top_name" "$TEST_TMP/expected.raw" "$context (before the commit point)"
+    else
+        fail "$context: neither a switch-phase intent file nor the top $top_name exists: $(ls "$dir")"
+    fi
+}
+
+# Re-runs the merge and checks the finished result. A run killed before it wrote its intent file
+# changed nothing, so the re-run starts afresh instead of resuming.
+expect_resumed() {
+    local dir=$1 context=$2
+    shift 2
+    local had_intent=0
+    [[ -e $dir/base.vmdk.vmcrypt-consolidate ]] && had_intent=1
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$@" "$dir/$top_name"
+    if ((had_intent)) && ! grep -q "resumed" <<<"$LAST_STDOUT"; then
+        fail "$context: expected the re-run to say it resumed, got: $LAST_STDOUT"
+    fi
+    expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "$context, resumed"
+    expect_files_gone "$dir"/base-0*.vmdk "$dir/base.vmdk.vmcrypt-consolidate" "$dir"/other-*.vmdk
+    grep -qx 'scsi0:0.fileName = "base.vmdk"' "$dir/vm.vmx" ||
+        fail "$context: expected vm.vmx to name base.vmdk after the resume: $(cat "$dir/vm.vmx")"
+}
+
+# Kills the merge at pass COUNT of fault point NAME (ACTION kill or eio), then resumes it.
+crash_at() {
+    local name=$1 count=$2 action=$3 source=${4:-$template}
+    local options=()
+    [[ $source == "$branch_template" ]] && options=(--delete-other-branches)
+    run=$((run + 1))
+    local dir="$TEST_TMP/run$run" context="fault $name:$count:$action"
+    cp -a "$source" "$dir"
+
+    local code=0
+    # The outer redirection keeps bash's "Killed" report out of the test log.
+    { VMCRYPT_FAULT="$name:$count:$action" "$VMCRYPT" consolidate-snapshots "${options[@]}" "$dir/$top_name" \
+        >"$TEST_TMP/fault.stdout" 2>"$TEST_TMP/fault.stderr"; } 2>/dev/null || code=$?
+    local expected=137
+    [[ $action == eio ]] && expected=6
+    [[ $code == "$expected" ]] ||
+        fail "$context: expected exit code $expected (fault point reached), got $code: $(cat "$TEST_TMP/fault.stderr")"
+    [[ -e $dir/base.vmdk.vmcrypt-consolidate ]] || fail "$context: expected the intent file to remain after the fault"
+    if [[ $action == eio ]] && ! grep -q "to resume" "$TEST_TMP/fault.stderr"; then
+        fail "$context: the error does not say how to resume: $(cat "$TEST_TMP/fault.stderr")"
+    fi
+    expect_state_readable "$dir" "$context"
+    expect_resumed "$dir" "$context" "${options[@]}"
+    rm -rf "$dir"
+}
+
+crash_at consolidate-intent-written 1 kill
+for count in 1 2 3 5 8 11 13; do
+    crash_at consolidate-run-copied "$count" kill
+done
+crash_at consolidate-batch-synced 1 kill
+crash_at consolidate-copied 1 kill
+crash_at consolidate-switch-recorded 1 kill
+crash_at consolidate-cid-written 1 kill
+crash_at consolidate-vmx-updated 1 kill
+for count in 1 2 3; do
+    crash_at consolidate-delta-file-removed "$count" kill
+done
+crash_at consolidate-branch-file-removed 1 kill "$branch_template"
+crash_at consolidate-branch-file-removed 2 kill "$branch_template"
+crash_at consolidate-run-copied 4 kill "$branch_template"
+crash_at consolidate-run-copied 3 eio
+crash_at consolidate-delta-file-removed 2 eio
+
+# SIGKILL at random times while a larger chain is merged (each delta stores 48 MiB, so a merge takes
+# about 0.3 s on ext4), then a second kill during the resumed run.
+big="$TEST_TMP/big-template"
+mkdir -p "$big"
+(
+    cd "$big"
+    qemu-img create -q -f vmdk base.vmdk 256M
+    qemu-img create -q -f vmdk -b base.vmdk -F vmdk base-000001.vmdk
+    qemu-io -f vmdk -c "write -P 0x41 0 48M" base-000001.vmdk >/dev/null
+    qemu-img create -q -f vmdk -b base-000001.vmdk -F vmdk base-000002.vmdk
+    qemu-io -f vmdk -c "write -P 0x42 32M 48M" base-000002.vmdk >/dev/null
+    qemu-img create -q -f vmdk -b base-000002.vmdk -F vmdk base-000003.vmdk
+    qemu-io -f vmdk -c "write -z 40M 8M" -c "write -P 0x43 100M 48M" base-000003.vmdk >/dev/null
+    echo "scsi0:0.fileName = \"$top_name\"" >vm.vmx
+)
+export_chain_raw "$big/$top_name" "$TEST_TMP/expected.raw"
+for attempt in $(seq 1 8); do
+    run=$((run + 1))
+    dir="$TEST_TMP/run$run"
+    cp -a "$big" "$dir"
+    killed=0
+    phases=""
+    delays="$((RANDOM % 150)) $((RANDOM % 150))"
+    for delay in $delays; do
+        if [[ ! -e $dir/$top_name && ! -e $dir/base.vmdk.vmcrypt-consolidate ]]; then
+            break  # the first kill came after the merge had finished
+        fi
+        start_vmcrypt_background consolidate-snapshots "$dir/$top_name"
+        sleep "$(printf '0.%03d' "$delay")"
+        kill -KILL "$BACKGROUND_PID" 2>/dev/null || true
+        wait_vmcrypt_background
+        if [[ $BACKGROUND_EXIT == 137 ]]; then
+            killed=$((killed + 1))
+            phases+=" $(sed -n 's/.*"phase": "\([a-z]*\)".*/\1/p' "$dir/base.vmdk.vmcrypt-consolidate" 2>/dev/null || true)"
+            expect_state_readable "$dir" "random kill $attempt after ${delay} ms"
+        elif [[ $BACKGROUND_EXIT != 0 ]]; then
+            fail "random kill $attempt: vmcrypt exited with $BACKGROUND_EXIT: $(cat "$TEST_TMP/background.stderr")"
+        fi
+    done
+    if [[ -e $dir/$top_name || -e $dir/base.vmdk.vmcrypt-consolidate ]]; then
+        expect_resumed "$dir" "random kill $attempt"
+    else
+        expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "random kill $attempt (finished before the kill)"
+    fi
+    note "random kill $attempt: $killed of 2 kills hit a running merge (delays in ms: $delays; intent phases after the kills:${phases:- none})"
+    rm -rf "$dir"
+done
+
+echo "PASS $TEST_NAME ($run runs)"
