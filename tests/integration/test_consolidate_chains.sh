@@ -56,6 +56,17 @@ snapshot0.disk0.fileName = "base.vmdk"
 snapshot0.numDisks = "1"
 snapshot.numSnapshots = "3"
 VMSD
+# encrypt rejects both ends of the chain and names this command; the command it names for the base
+# (one of its snapshots, not the top) must do the merge.
+expect_exit 3 "$VMCRYPT" encrypt "$top"
+expect_stderr_contains "vmcrypt consolidate-snapshots $top"
+expect_exit 3 "$VMCRYPT" encrypt "$dir/base.vmdk"
+suggested=$(sed -n 's/.*merge them first with: vmcrypt consolidate-snapshots \(.*\)$/\1/p' "$TEST_TMP/last.stderr")
+[[ $suggested == "$dir/base-000001.vmdk" ]] ||
+    fail "expected encrypt of the base to suggest consolidating $dir/base-000001.vmdk, got: $LAST_STDERR"
+expect_exit 0 "$VMCRYPT" consolidate-snapshots --dry-run "$suggested"
+grep -qF "$top" <<<"$LAST_STDOUT" || fail "expected the suggested command to merge up to $top, got: $LAST_STDOUT"
+
 expect_exit 0 "$VMCRYPT" consolidate-snapshots --dry-run "$top"
 save_dir_state "$dir" "$TEST_TMP/depth3.state"
 grep -q "base-000003.vmdk" <<<"$LAST_STDOUT" || fail "expected the dry run to list the top, got: $LAST_STDOUT"
