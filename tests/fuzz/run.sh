@@ -5,7 +5,7 @@ set -euo pipefail
 build_dir=$1
 seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
-data=$here/../data/vmdk
+data=$here/../data
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -14,7 +14,9 @@ for target in "$build_dir"/tests/fuzz/fuzz_*; do
   name=$(basename "$target")
   corpus=$work/$name
   mkdir -p "$corpus"
-  seeds=$data/corpus-${name#fuzz_vmdk_}
+  # Seeds live in tests/data/FORMAT/corpus-REST for a target named fuzz_FORMAT_REST.
+  rest=${name#fuzz_}
+  seeds=$data/${rest%%_*}/corpus-${rest#*_}
   [ -d "$seeds" ] && cp -r "$seeds"/. "$corpus"/
   echo "fuzzing $name for ${seconds}s" >&2
   "$target" -max_total_time="$seconds" -print_final_stats=0 "$corpus" 2>"$work/$name.log" || {
