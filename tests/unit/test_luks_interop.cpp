@@ -10,6 +10,7 @@
 #include "core/crypto/xts.hpp"
 #include "core/error.hpp"
 #include "formats/qcow2/luks1_header.hpp"
+#include "formats/qcow2/qemu_secret.hpp"
 
 #include <gtest/gtest.h>
 
@@ -278,8 +279,9 @@ TEST_F(LuksInteropTest, QemuLuksImageUnlocksAndDecrypts)
 
 TEST_F(LuksInteropTest, QemuOpensBuiltArea)
 {
-    // A fresh QEMU LUKS image whose FDE area is replaced by one built for a known master key: QEMU must
-    // unlock it with the new secret and encrypt with that master key.
+    // A fresh QEMU LUKS image whose FDE area is replaced by one built for a known master key with the
+    // derived secret: QEMU must unlock it with the secret in both printed forms, and encrypt with that
+    // master key.
     write_text(path("pw"), "PASS");
     const std::string image = path("y.qcow2");
     const auto created = create_luks_qcow2(secret_object("pw"), image, "4M");
@@ -288,16 +290,26 @@ TEST_F(LuksInteropTest, QemuOpensBuiltArea)
     ASSERT_EQ(facts.fde_length, luks_area_length());
 
     const SecureBytes master_key = random_bytes(luks_master_key_size);
-    const std::string secret = "built-area-secret";
-    write_file(image, build_luks_area(master_key, bytes_of(secret)), facts.fde_offset);
-    write_text(path("new"), secret);
+    const SecureBytes secret = derive_qemu_secret(master_key);
+    write_file(image, build_luks_area(master_key, secret), facts.fde_offset);
 
+    // The --object argument exactly as qemu_secret_object prints it.
+    const SecureBytes object = qemu_secret_object(secret, "sec0");
+    const std::string open = "qemu-io --object " + std::string(object.begin(), object.end()) +
+                             " --image-opts driver=qcow2,file.filename=" + image + ",encrypt.key-secret=sec0";
     const auto source = random_bytes(65536);
     write_file(path("data"), source);
-    const std::string open = "qemu-io " + secret_object("new") + " --image-opts driver=qcow2,file.filename=" + image +
-                             ",encrypt.key-secret=sec0";
     const auto written = run(open + " -c 'write -s " + path("data") + " 1M 64k'");
     ASSERT_EQ(written.status, 0) << written.output;
+
+    // The libvirt value is base64 of the secret text, which QEMU also takes with format=base64.
+    const SecureBytes value = libvirt_secret_value(secret);
+    const auto read_back = run("qemu-io --object secret,id=sec0,format=base64,data=" +
+                               std::string(value.begin(), value.end()) + " --image-opts driver=qcow2,file.filename=" +
+                               image + ",encrypt.key-secret=sec0 -c 'read -v 1M 16'");
+    ASSERT_EQ(read_back.status, 0) << read_back.output;
+    EXPECT_EQ(read_back.output.find("Invalid password"), std::string::npos) << read_back.output;
+
     const auto refused = run("qemu-io " + secret_object("pw") + " --image-opts driver=qcow2,file.filename=" + image +
                              ",encrypt.key-secret=sec0 -c 'read 0 512'");
     EXPECT_NE(refused.status, 0) << "the old passphrase still opens the image";
@@ -309,7 +321,8 @@ TEST_F(LuksInteropTest, QemuOpensBuiltArea)
     XtsCipher(master_key).decrypt_units(data, host / 512);
     EXPECT_TRUE(std::equal(data.begin(), data.end(), source.begin()));
 
-    const auto check = run("qemu-img check " + secret_object("new") + " --image-opts driver=qcow2,file.filename=" +
+    write_text(path("secret"), std::string(secret.begin(), secret.end()));
+    const auto check = run("qemu-img check " + secret_object("secret") + " --image-opts driver=qcow2,file.filename=" +
                            image + ",encrypt.key-secret=sec0");
     EXPECT_EQ(check.status, 0) << check.output;
 }
