@@ -102,4 +102,15 @@ struct LuksBuildParams {
 std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::span<const std::uint8_t> secret,
                                           const LuksBuildParams& params = {});
 
+// Enables the first disabled key slot of a parsed area for `secret`, with the header's hash, `iterations`
+// PBKDF2 rounds and a random salt, and returns its index. `master_key` must match mk-digest (from
+// unlock_luks). Only `area` in memory changes: the slot's key material sectors and its 48 bytes in the
+// phdr. To persist the change crash-safely, write the key material sectors first and the phdr sector
+// last, because a disabled slot's key material is never read. Throws WrongKey when master_key does not
+// match, WrongDiskState when all 8 slots are enabled, and std::invalid_argument on an empty secret or
+// fewer than luks_min_iterations iterations.
+std::size_t add_luks_key_slot(std::span<std::uint8_t> area, const LuksHeader& header, const SecureBytes& master_key,
+                              std::span<const std::uint8_t> secret, std::uint32_t iterations,
+                              const std::string& where);
+
 }  // namespace vmcrypt::qcow2

@@ -64,6 +64,35 @@ void store_string(std::span<std::uint8_t> phdr, std::size_t offset, const std::s
     std::memcpy(phdr.data() + offset, text.data(), text.size());
 }
 
+// Writes key slot `index` of `area` as enabled for `secret`: a random salt, `iterations`, and the master key
+// AF-split and encrypted with the slot key at the slot's key material offset. The offset and stripe count
+// already in the phdr are kept.
+void write_enabled_slot(std::span<std::uint8_t> area, std::size_t index, HashFunction hash,
+                        const SecureBytes& master_key, std::span<const std::uint8_t> secret, std::uint32_t iterations)
+{
+    const std::size_t base = key_slots_offset + index * key_slot_size;
+    const std::uint32_t stripes = load_be32(area, base + slot_stripes_offset);
+    const std::size_t material_start = std::size_t{load_be32(area, base + slot_key_material_offset)} * luks_sector_size;
+
+    const SecureBytes salt = random_bytes(luks_salt_size);
+    const SecureBytes slot_key = pbkdf2_hmac(hash, secret, salt, iterations, master_key.size());
+    SecureBytes material = af_split(master_key, stripes, hash);
+    XtsCipher(slot_key).encrypt_units(material, 0);
+    std::copy(material.begin(), material.end(), area.begin() + static_cast<std::ptrdiff_t>(material_start));
+
+    store_be32(area, base + slot_active_offset, luks_key_enabled);
+    store_be32(area, base + slot_iterations_offset, iterations);
+    std::copy(salt.begin(), salt.end(), area.begin() + static_cast<std::ptrdiff_t>(base + slot_salt_offset));
+}
+
+void check_slot_arguments(std::span<const std::uint8_t> secret, std::uint32_t iterations)
+{
+    if (secret.empty())
+        throw std::invalid_argument("LUKS: the key slot secret is empty");
+    if (iterations < luks_min_iterations)
+        throw std::invalid_argument("LUKS: iteration counts must be at least " + std::to_string(luks_min_iterations));
+}
+
 }  // namespace
 
 SecureBytes unlock_luks(const LuksHeader& header, std::span<const std::uint8_t> area,
@@ -99,10 +128,8 @@ std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::sp
     if (master_key.size() != luks_master_key_size)
         throw std::invalid_argument("LUKS: master key of " + std::to_string(master_key.size()) +
                                     " bytes, expected " + std::to_string(luks_master_key_size));
-    if (secret.empty())
-        throw std::invalid_argument("LUKS: the key slot secret is empty");
-    if (params.slot_iterations < luks_min_iterations || params.master_key_iterations < luks_min_iterations)
-        throw std::invalid_argument("LUKS: iteration counts must be at least " + std::to_string(luks_min_iterations));
+    check_slot_arguments(secret, params.slot_iterations);
+    check_slot_arguments(secret, params.master_key_iterations);
 
     LuksHeader header;
     header.version = 1;
@@ -133,27 +160,43 @@ std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::sp
     store_be32(phdr, mk_digest_iterations_offset, header.mk_digest_iterations);
     store_string(phdr, uuid_offset, header.uuid);
 
-    // Slots 1 to 7 are disabled but, as QEMU and cryptsetup write them, keep their offset and stripe count.
+    // Every slot is first written disabled but, as QEMU and cryptsetup write them, keeps its offset and
+    // stripe count. Then slot 0 is enabled for the secret.
     for (std::size_t i = 0; i < luks_key_slot_count; ++i) {
         const std::size_t base = key_slots_offset + i * key_slot_size;
-        const auto key_material_sector = static_cast<std::uint32_t>(qemu_first_key_material_sector + i * qemu_key_material_stride);
-        store_be32(phdr, base + slot_active_offset, i == 0 ? luks_key_enabled : luks_key_disabled);
+        const auto key_material_sector =
+            static_cast<std::uint32_t>(qemu_first_key_material_sector + i * qemu_key_material_stride);
+        store_be32(phdr, base + slot_active_offset, luks_key_disabled);
         store_be32(phdr, base + slot_key_material_offset, key_material_sector);
         store_be32(phdr, base + slot_stripes_offset, luks_stripes);
     }
-
-    // Slot 0: its salt and iterations, then the master key split, encrypted with the slot key, in place.
-    const SecureBytes slot_salt = random_bytes(luks_salt_size);
-    std::copy(slot_salt.begin(), slot_salt.end(), phdr.begin() + key_slots_offset + slot_salt_offset);
-    store_be32(phdr, key_slots_offset + slot_iterations_offset, params.slot_iterations);
-
-    const SecureBytes slot_key =
-        pbkdf2_hmac(HashFunction::sha256, secret, slot_salt, params.slot_iterations, luks_master_key_size);
-    SecureBytes material = af_split(master_key, luks_stripes, HashFunction::sha256);
-    XtsCipher(slot_key).encrypt_units(material, 0);
-    std::copy(material.begin(), material.end(),
-              area.begin() + std::size_t{qemu_first_key_material_sector} * luks_sector_size);
+    write_enabled_slot(area, 0, header.hash, master_key, secret, params.slot_iterations);
     return area;
+}
+
+std::size_t add_luks_key_slot(std::span<std::uint8_t> area, const LuksHeader& header, const SecureBytes& master_key,
+                              std::span<const std::uint8_t> secret, std::uint32_t iterations, const std::string& where)
+{
+    check_slot_arguments(secret, iterations);
+    if (!equal_constant_time(master_key_digest(header, master_key), header.mk_digest))
+        throw WrongKey(where + ": the master key does not match the LUKS header's mk-digest");
+
+    const auto free_slot = std::find_if(header.slots.begin(), header.slots.end(),
+                                        [](const LuksKeySlot& slot) { return !slot.active; });
+    if (free_slot == header.slots.end())
+        throw WrongDiskState(where + ": no free LUKS key slot, all 8 are enabled. Disable one with qemu-img amend "
+                                     "-o encrypt.state=inactive,encrypt.keyslot=N and retry");
+    const auto index = static_cast<std::size_t>(free_slot - header.slots.begin());
+
+    const std::uint64_t material_end = std::uint64_t{free_slot->key_material_offset} * luks_sector_size +
+                                       std::uint64_t{header.key_bytes} * free_slot->stripes;
+    if (material_end > area.size() || area.size() < luks_phdr_size)
+        throw InvalidInput(where + ": invalid LUKS header: key slot " + std::to_string(index) +
+                           " key material ends at byte " + std::to_string(material_end) + ", past the " +
+                           std::to_string(area.size()) + "-byte LUKS area");
+
+    write_enabled_slot(area, index, header.hash, master_key, secret, iterations);
+    return index;
 }
 
 }  // namespace vmcrypt::qcow2

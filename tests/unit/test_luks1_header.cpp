@@ -161,6 +161,53 @@ TEST_F(LuksHeaderTest, BuildUsesFreshSalts)
     EXPECT_NE(first.uuid, second.uuid);
 }
 
+TEST_F(LuksHeaderTest, AddKeySlotKeepsOldSlot)
+{
+    auto area = *area_;
+    const LuksHeader before = parse_luks_header(area, "test.qcow2");
+    const std::size_t index = add_luks_key_slot(area, before, *master_key_, bytes_of("second"), 1000, "test.qcow2");
+    EXPECT_EQ(index, 1u);
+
+    const LuksHeader after = parse_luks_header(area, "test.qcow2");
+    EXPECT_EQ(after.active_slot_count(), 2u);
+    EXPECT_TRUE(after.slots[1].active);
+    EXPECT_EQ(after.slots[1].iterations, 1000u);
+    EXPECT_EQ(after.slots[1].key_material_offset, 8u + 504u);
+    EXPECT_EQ(unlock_luks(after, area, bytes_of("second"), "test.qcow2"), *master_key_);
+    EXPECT_EQ(unlock_luks(after, area, bytes_of("secret text"), "test.qcow2"), *master_key_);
+    // Only slot 1's phdr bytes and key material changed.
+    EXPECT_TRUE(std::equal(area.begin(), area.begin() + slot_base(1), area_->begin()));
+    EXPECT_TRUE(std::equal(area.begin() + slot_base(2), area.begin() + 512 * (8 + 504), area_->begin() + slot_base(2)));
+    EXPECT_TRUE(std::equal(area.begin() + 512 * (8 + 2 * 504), area.end(), area_->begin() + 512 * (8 + 2 * 504)));
+}
+
+TEST_F(LuksHeaderTest, AddKeySlotChecksMasterKey)
+{
+    auto area = *area_;
+    const LuksHeader header = parse_luks_header(area, "test.qcow2");
+    SecureBytes wrong = *master_key_;
+    wrong[0] ^= 1;
+    EXPECT_THROW(add_luks_key_slot(area, header, wrong, bytes_of("second"), 1000, "test.qcow2"), WrongKey);
+    EXPECT_EQ(area, *area_) << "a rejected add changed the area";
+    EXPECT_THROW(add_luks_key_slot(area, header, *master_key_, {}, 1000, "test.qcow2"), std::invalid_argument);
+    EXPECT_THROW(add_luks_key_slot(area, header, *master_key_, bytes_of("s"), 10, "test.qcow2"), std::invalid_argument);
+}
+
+TEST_F(LuksHeaderTest, AddKeySlotFailsWhenFull)
+{
+    auto area = *area_;
+    for (std::size_t expected = 1; expected < luks_key_slot_count; ++expected) {
+        const LuksHeader header = parse_luks_header(area, "test.qcow2");
+        EXPECT_EQ(add_luks_key_slot(area, header, *master_key_, bytes_of("s" + std::to_string(expected)), 1000,
+                                    "test.qcow2"),
+                  expected);
+    }
+    const LuksHeader full = parse_luks_header(area, "test.qcow2");
+    EXPECT_EQ(full.active_slot_count(), 8u);
+    EXPECT_EQ(unlock_luks(full, area, bytes_of("s7"), "test.qcow2"), *master_key_);
+    EXPECT_THROW(add_luks_key_slot(area, full, *master_key_, bytes_of("s8"), 1000, "test.qcow2"), WrongDiskState);
+}
+
 struct MalformedCase {
     const char* name;
     std::function<void(std::vector<std::uint8_t>&)> damage;

@@ -277,6 +277,36 @@ TEST_F(LuksInteropTest, QemuLuksImageUnlocksAndDecrypts)
     }
 }
 
+TEST_F(LuksInteropTest, QemuOpensAddedKeySlot)
+{
+    // A QEMU image keeps its passphrase slot and gains a slot for the derived secret.
+    write_text(path("pw"), "PASS");
+    const std::string image = path("z.qcow2");
+    const auto created = create_luks_qcow2(secret_object("pw"), image, "4M");
+    ASSERT_EQ(created.status, 0) << created.output;
+    const Qcow2Facts facts = read_qcow2(image);
+    auto area = read_file(image, facts.fde_offset, facts.fde_length);
+    const LuksHeader header = parse_luks_header(area, image);
+    const SecureBytes master_key = unlock_luks(header, area, bytes_of("PASS"), image);
+
+    const SecureBytes secret = derive_qemu_secret(master_key);
+    EXPECT_EQ(add_luks_key_slot(area, header, master_key, secret, luks_min_iterations, image), 1u);
+    write_file(image, area, facts.fde_offset);
+    write_text(path("secret"), std::string(secret.begin(), secret.end()));
+
+    for (const char* file : {"pw", "secret"}) {
+        SCOPED_TRACE(file);
+        const auto opened = run("qemu-io " + secret_object(file) + " --image-opts driver=qcow2,file.filename=" + image +
+                                ",encrypt.key-secret=sec0 -c 'write -P 0x5a 0 4k' -c 'read -P 0x5a 0 4k'");
+        EXPECT_EQ(opened.status, 0) << opened.output;
+        EXPECT_EQ(opened.output.find("Pattern verification failed"), std::string::npos) << opened.output;
+    }
+    write_file(path("area.bin"), area);
+    const auto cryptsetup = run("cryptsetup open --test-passphrase --key-slot 1 --key-file " + path("secret") + " " +
+                                path("area.bin"));
+    EXPECT_EQ(cryptsetup.status, 0) << cryptsetup.output;
+}
+
 TEST_F(LuksInteropTest, QemuOpensBuiltArea)
 {
     // A fresh QEMU LUKS image whose FDE area is replaced by one built for a known master key with the
