@@ -94,11 +94,11 @@ struct LuksBuildParams {
     std::uint32_t master_key_iterations = luks_min_iterations;
 };
 
-// Builds a complete area of luks_area_length() bytes for `master_key` (64 bytes, the vmcrypt DEK): a phdr
-// with QEMU's defaults (aes, xts-plain64, sha256, payload offset 4040, random salts and UUID), key slot 0
-// opened by `secret`, slots 1 to 7 disabled at QEMU's offsets, and zeros elsewhere. Throws
-// std::invalid_argument on a master key of another length, an empty secret, or iteration counts below
-// luks_min_iterations.
+// Builds a complete area of luks_area_length() bytes for `master_key` (64 bytes, the vmcrypt DEK). The
+// phdr has QEMU's defaults (aes, xts-plain64, sha256, payload offset 4040) with random salts and UUID.
+// Key slot 0 opens with `secret`, slots 1 to 7 are disabled at QEMU's offsets, and the rest is zero.
+// Throws std::invalid_argument on a master key of another length, an empty secret, or iteration counts
+// below luks_min_iterations.
 std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::span<const std::uint8_t> secret,
                                           const LuksBuildParams& params = {});
 
