@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "vector_file.hpp"
 
+#include <botan/pwdhash.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -45,8 +46,33 @@ TEST(Pbkdf2Vectors, MatchPublishedSets)
         ++per_hash[vector.at("Hash")];
     }
     EXPECT_EQ(per_hash["sha1"], 5);
-    EXPECT_EQ(per_hash["sha256"], 2);
+    EXPECT_EQ(per_hash["sha256"], 6);
     EXPECT_EQ(per_hash["sha512"], 2);
+}
+
+TEST(Pbkdf2, Sha256MatchesBotanPbkdf2)
+{
+    // The SHA-256 loop against Botan's generic PBKDF2 over password lengths around the HMAC block size
+    // and outputs of partial, whole and several blocks.
+    const auto family = Botan::PasswordHashFamily::create_or_throw("PBKDF2(HMAC(SHA-256))");
+    for (const std::size_t password_size : {0, 1, 31, 63, 64, 65, 128, 300}) {
+        for (const std::size_t length : {1, 31, 32, 33, 64, 65, 97}) {
+            for (const std::uint32_t iterations : {1u, 2u, 3u, 17u}) {
+                SCOPED_TRACE(std::to_string(password_size) + "-byte password, " + std::to_string(length) +
+                             " bytes, " + std::to_string(iterations) + " iterations");
+                std::vector<std::uint8_t> password(password_size);
+                for (std::size_t i = 0; i < password_size; ++i)
+                    password[i] = static_cast<std::uint8_t>(i * 31 + length);
+                const std::vector<std::uint8_t> salt(length % 40, static_cast<std::uint8_t>(iterations));
+
+                SecureBytes expected(length);
+                family->from_iterations(iterations)
+                    ->derive_key(expected.data(), expected.size(), reinterpret_cast<const char*>(password.data()),
+                                 password.size(), salt.data(), salt.size());
+                EXPECT_EQ(pbkdf2_hmac(HashFunction::sha256, password, salt, iterations, length), expected);
+            }
+        }
+    }
 }
 
 TEST(Pbkdf2, RejectsZeroIterationsAndLength)
