@@ -4,6 +4,7 @@
 #include "core/crypto/random.hpp"
 #include "core/error.hpp"
 #include "formats/qcow2/luks1_header.hpp"
+#include "formats/qcow2/luks1_report.hpp"
 #include "formats/qcow2/qemu_secret.hpp"
 
 #include <gtest/gtest.h>
@@ -295,6 +296,24 @@ TEST_F(LuksHeaderTest, AcceptsOtherSupportedHashes)
         put_string(area, 72, 32, hash);
         EXPECT_EQ(parse_luks_header(area, "x").hash_spec, hash);
     }
+}
+
+TEST_F(LuksHeaderTest, ReportListsEverySlot)
+{
+    const LuksHeader header = parse_luks_header(*area_, "test.qcow2");
+    const auto report = luks_header_json(header);
+    EXPECT_EQ(report.at("cipher"), "aes-xts-plain64");
+    EXPECT_EQ(report.at("hash"), "sha256");
+    EXPECT_EQ(report.at("keyBytes"), 64);
+    EXPECT_EQ(report.at("payloadOffset"), 4040);
+    EXPECT_EQ(report.at("uuid"), header.uuid);
+    EXPECT_EQ(report.at("masterKeyDigestIterations"), 1000);
+    ASSERT_EQ(report.at("keySlots").size(), 8u);
+    EXPECT_EQ(report.at("keySlots")[0].at("enabled"), true);
+    EXPECT_EQ(report.at("keySlots")[0].at("iterations"), 1000);
+    EXPECT_EQ(report.at("keySlots")[7].at("enabled"), false);
+    EXPECT_EQ(report.at("keySlots")[7].at("keyMaterialOffset"), 8 + 504 * 7);
+    EXPECT_EQ(report.dump().find("salt"), std::string::npos);
 }
 
 TEST(QemuSecret, MatchesHkdfVector)
