@@ -1,6 +1,6 @@
 #pragma once
-// The LUKS1 header fields that `inspect` shows, as JSON. Salts and digests are left out: they are not
-// secret, but they help no reader and make reports differ on every encrypt.
+// The LUKS1 header fields that `inspect` shows, as JSON. Salts and digests are not secret, but they are
+// left out because they help no reader and make reports differ on every encrypt.
 
 #include "formats/qcow2/luks1_header.hpp"
 
