@@ -177,6 +177,31 @@ std::vector<std::uint8_t> bytes_of(const std::string& text)
     return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
+// The hex digits of cryptsetup's "MK dump:" output (two lines of space-separated bytes), or "".
+std::string dumped_master_key(const std::string& output)
+{
+    const auto start = output.find("MK dump:");
+    if (start == std::string::npos)
+        return "";
+    std::string hex;
+    for (std::size_t i = start + 8; i < output.size() && hex.size() < 128; ++i) {
+        if (std::isxdigit(static_cast<unsigned char>(output[i])))
+            hex += output[i];
+    }
+    return hex;
+}
+
+std::string hex_of(std::span<const std::uint8_t> bytes)
+{
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string hex;
+    for (const std::uint8_t byte : bytes) {
+        hex += digits[byte >> 4];
+        hex += digits[byte & 0xf];
+    }
+    return hex;
+}
+
 TEST_F(LuksInteropTest, CryptsetupAcceptsBuiltArea)
 {
     const SecureBytes master_key = random_bytes(luks_master_key_size);
@@ -200,42 +225,36 @@ TEST_F(LuksInteropTest, CryptsetupAcceptsBuiltArea)
     const auto refused = run("cryptsetup open --test-passphrase --key-file " + path("wrong") + " " + path("area.bin"));
     EXPECT_EQ(refused.status, 2) << refused.output;
 
-    // cryptsetup prints the master key as hex bytes separated by spaces, over two lines.
     const auto key_dump =
         run("cryptsetup luksDump -q --dump-master-key --key-file " + path("secret") + " " + path("area.bin"));
     ASSERT_EQ(key_dump.status, 0) << key_dump.output;
-    const auto start = key_dump.output.find("MK dump:");
-    ASSERT_NE(start, std::string::npos) << key_dump.output;
-    std::string hex;
-    for (std::size_t i = start + 8; i < key_dump.output.size() && hex.size() < 128; ++i) {
-        if (std::isxdigit(static_cast<unsigned char>(key_dump.output[i])))
-            hex += key_dump.output[i];
-    }
-    std::string expected;
-    static constexpr char digits[] = "0123456789abcdef";
-    for (const std::uint8_t byte : master_key) {
-        expected += digits[byte >> 4];
-        expected += digits[byte & 0xf];
-    }
-    EXPECT_EQ(hex, expected);
+    EXPECT_EQ(dumped_master_key(key_dump.output), hex_of(master_key));
 }
 
 TEST_F(LuksInteropTest, CryptsetupAreaParsesAndUnlocks)
 {
-    // cryptsetup's own LUKS1 header with QEMU's payload offset, as in a qcow2 FDE area.
+    // cryptsetup's own LUKS1 headers with QEMU's payload offset, as in a qcow2 FDE area, for each hash
+    // vmcrypt reads; the unlocked master key must be the one cryptsetup dumps.
     write_text(path("pass"), "cryptsetup pass");
-    const auto area_file = path("cs.bin");
-    const auto created = run("truncate -s 2068480 " + area_file + " && cryptsetup luksFormat -q --type luks1 "
-                             "--cipher aes-xts-plain64 --key-size 512 --hash sha256 --pbkdf-force-iterations 1000 "
-                             "--align-payload 4040 --key-file " + path("pass") + " " + area_file);
-    ASSERT_EQ(created.status, 0) << created.output;
+    for (const std::string hash : {"sha256", "sha1", "sha512"}) {
+        SCOPED_TRACE(hash);
+        const auto area_file = path(hash + ".bin");
+        const auto created = run("truncate -s 2068480 " + area_file + " && cryptsetup luksFormat -q --type luks1 "
+                                 "--cipher aes-xts-plain64 --key-size 512 --hash " + hash +
+                                 " --pbkdf-force-iterations 1000 --align-payload 4040 --key-file " + path("pass") +
+                                 " " + area_file);
+        ASSERT_EQ(created.status, 0) << created.output;
+        const auto dump = run("cryptsetup luksDump -q --dump-master-key --key-file " + path("pass") + " " + area_file);
+        ASSERT_EQ(dump.status, 0) << dump.output;
 
-    const auto area = read_file(area_file);
-    const LuksHeader header = parse_luks_header(area, area_file);
-    EXPECT_EQ(header.payload_offset, 4040u);
-    const SecureBytes master_key = unlock_luks(header, area, bytes_of("cryptsetup pass"), area_file);
-    EXPECT_EQ(master_key.size(), 64u);
-    EXPECT_THROW(unlock_luks(header, area, bytes_of("cryptsetup pasS"), area_file), WrongKey);
+        const auto area = read_file(area_file);
+        const LuksHeader header = parse_luks_header(area, area_file);
+        EXPECT_EQ(header.payload_offset, 4040u);
+        EXPECT_EQ(header.hash_spec, hash);
+        const SecureBytes master_key = unlock_luks(header, area, bytes_of("cryptsetup pass"), area_file);
+        EXPECT_EQ(hex_of(master_key), dumped_master_key(dump.output));
+        EXPECT_THROW(unlock_luks(header, area, bytes_of("cryptsetup pasS"), area_file), WrongKey);
+    }
 }
 
 TEST_F(LuksInteropTest, QemuLuksImageUnlocksAndDecrypts)
