@@ -5,6 +5,7 @@
 // opened, so that every later step works on checked values. core/ knows no format; it only sees DataRun
 // lists, the encryption record as key/value fields, and byte-exact metadata writes it can journal.
 
+#include "core/crypto/secure.hpp"
 #include "core/io/file.hpp"
 
 #include <cstdint>
@@ -72,6 +73,10 @@ public:
     // Name of the tweak rule recorded in the record: "guest-sector" for VMDK.
     virtual std::string tweak_rule() const = 0;
 
+    // How all-zero 512-byte units are stored, recorded as zeroUnits: "plain" (stored as zeros, so thin
+    // disks stay thin) or "encrypted" (encrypted like any other unit, as a qcow2 LUKS reader expects).
+    virtual std::string zero_unit_rule() const { return "plain"; }
+
     // vmcrypt's record fields, or nullopt when the disk has none (plaintext).
     virtual std::optional<RecordFields> record() const = 0;
 
@@ -90,6 +95,17 @@ public:
     virtual std::optional<std::string> foreign_encryption() const = 0;
 
     virtual std::vector<ExtentInfo> extents() const = 0;
+
+    // Structural changes an encrypt needs before its journal exists (qcow2: decompress compressed
+    // clusters, allocate and write the LUKS header area). `record` is the in-progress record, so the
+    // disk can check that its final form fits before it writes. Each change must leave a valid
+    // plaintext disk with the same guest data, whatever the moment of a crash; data_runs() and
+    // record_update() reflect the changes afterwards. The default has nothing to prepare.
+    virtual void prepare_encrypt(const SecureBytes& dek, const RecordFields& record)
+    {
+        (void)dek;
+        (void)record;
+    }
 };
 
 }  // namespace vmcrypt

@@ -312,11 +312,13 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         dek = new_dek();
         EncryptionRecord record;
         record.tweak = disk->tweak_rule();
+        record.zero_units = disk->zero_unit_rule();
         try {
             for (auto& source : sources)
                 record.key_slots.push_back(source->seal(dek));
             record.state = RecordState::encrypting;
             record.seal(dek);
+            disk->prepare_encrypt(dek, record.to_fields());
             plan.start_metadata = disk->record_update(record.to_fields());
             plan.journal_record = record.to_fields();
 
@@ -342,6 +344,10 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         if (record.tweak != disk->tweak_rule())
             throw InvalidInput(where + ": ddb.vmcrypt.tweak is \"" + record.tweak + "\" but a " + disk->format() +
                                " disk uses \"" + disk->tweak_rule() + "\"; the record does not belong to this disk");
+        if (record.zero_units != disk->zero_unit_rule())
+            throw InvalidInput(where + ": encryption record field zeroUnits is \"" + record.zero_units + "\" but a " +
+                               disk->format() + " disk uses \"" + disk->zero_unit_rule() +
+                               "\"; the record does not belong to this disk");
         record.state = RecordState::decrypting;
         record.seal(dek);
         plan.start_metadata = disk->record_update(record.to_fields());

@@ -30,9 +30,11 @@ struct RewriteEngine::Impl {
     XtsCipher cipher;
     const RewriteOptions& options;
     RunStream stream;
+    ZeroUnits zero_units;
 
     Impl(Disk& d, const SecureBytes& dek, const RewriteOptions& o)
-        : disk(d), files(d.files()), cipher(dek), options(o), stream(d.data_runs())
+        : disk(d), files(d.files()), cipher(dek), options(o), stream(d.data_runs()),
+          zero_units(d.zero_unit_rule() == "plain" ? ZeroUnits::kept : ZeroUnits::transformed)
     {
     }
 
@@ -117,7 +119,7 @@ struct RewriteEngine::Impl {
         log_info("recovering the window at stream offset " + std::to_string(entry.window_start) + ": " +
                  std::to_string(old_count) + " of " + std::to_string(hashes.size()) + " units still to rewrite");
 
-        transform_window(cipher, direction, buffer, segments, still_old, options.threads);
+        transform_window(cipher, direction, buffer, segments, still_old, options.threads, zero_units);
         write_range(buffer.data(), segments, 0, buffer.size());
         sync_files(segments);
     }
@@ -165,7 +167,7 @@ struct RewriteEngine::Impl {
 
             std::span<std::uint8_t> whole(buffer, length);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes);
+                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes, zero_units);
                 write_range(buffer, segments, first * 512, end * 512);
                 if (first == 0)
                     fault_point("window-half-written");

@@ -21,13 +21,16 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
 
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                     std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes)
+                     std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes,
+                     ZeroUnits zero_units)
 {
     static const std::uint64_t zero_unit_hash = [] {
         std::uint8_t zeros[512] = {};
         return unit_hash(zeros);
     }();
     auto is_zero = [&](std::uint64_t unit) {
+        if (zero_units == ZeroUnits::transformed)
+            return false;
         if (unit_hashes && (*unit_hashes)[unit] != zero_unit_hash)
             return false;
         return is_zero_unit(buffer.subspan(unit * 512, 512));
@@ -69,7 +72,7 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
 
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads)
+                      unsigned threads, ZeroUnits zero_units)
 {
     std::uint64_t units = buffer.size() / 512;
     threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(units / 64 + 1)));
@@ -79,9 +82,11 @@ void transform_window(const XtsCipher& cipher, Direction direction, std::span<st
     for (unsigned t = 1; t < threads; ++t) {
         std::uint64_t first = std::min(units, t * per_thread);
         std::uint64_t end = std::min(units, first + per_thread);
-        workers.emplace_back([&, first, end] { transform_units(cipher, direction, buffer, segments, selected, first, end); });
+        workers.emplace_back([&, first, end] {
+            transform_units(cipher, direction, buffer, segments, selected, first, end, nullptr, zero_units);
+        });
     }
-    transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread));
+    transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread), nullptr, zero_units);
     for (std::thread& worker : workers)
         worker.join();
 }

@@ -14,6 +14,10 @@ namespace vmcrypt {
 
 enum class Direction { encrypt, decrypt };
 
+// Whether all-zero units stay zeros (VMDK, which keeps thin disks thin) or are transformed like any
+// other unit (qcow2 LUKS, where QEMU decrypts every allocated unit).
+enum class ZeroUnits { kept, transformed };
+
 bool is_zero_unit(std::span<const std::uint8_t> unit);
 
 // Transforms units [first_unit, end_unit) of `buffer`, on the calling thread. `segments` give each
@@ -23,12 +27,12 @@ bool is_zero_unit(std::span<const std::uint8_t> unit);
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit,
-                     const std::vector<std::uint64_t>* unit_hashes = nullptr);
+                     const std::vector<std::uint64_t>* unit_hashes = nullptr, ZeroUnits zero_units = ZeroUnits::kept);
 
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads);
+                      unsigned threads, ZeroUnits zero_units = ZeroUnits::kept);
 
 }  // namespace vmcrypt

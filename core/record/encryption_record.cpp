@@ -92,7 +92,7 @@ EncryptionRecord EncryptionRecord::from_fields(const RecordFields& fields, const
     if (record.tweak != "guest-sector" && record.tweak != "host-sector")
         throw UnsupportedInput(where + ": tweak rule \"" + record.tweak + "\" is not supported");
     record.zero_units = take("zeroUnits");
-    if (record.zero_units != "plain")
+    if (record.zero_units != "plain" && record.zero_units != "encrypted")
         throw UnsupportedInput(where + ": zeroUnits \"" + record.zero_units + "\" is not supported");
 
     for (std::size_t i = 0;; ++i) {

@@ -25,7 +25,7 @@ struct EncryptionRecord {
     unsigned dek_bits = 512;
     unsigned unit_size = 512;
     std::string tweak;                 // "guest-sector" (VMDK) or "host-sector" (qcow2)
-    std::string zero_units = "plain";  // all-zero plaintext units are stored as zeros
+    std::string zero_units = "plain";  // "plain": all-zero plaintext units are stored as zeros; or "encrypted"
     std::vector<KeySlot> key_slots;
     std::string data_check;            // base64 check value of the ciphertext, set when encryption completes
     std::vector<std::uint8_t> mac;     // HMAC-SHA-256 over every other field
