@@ -3,6 +3,7 @@
 #include "formats/open_disk.hpp"
 
 #include "core/error.hpp"
+#include "formats/qcow2/qcow2_disk.hpp"
 #include "formats/vmdk/descriptor.hpp"
 #include "formats/vmdk/vmdk_disk.hpp"
 
@@ -50,7 +51,7 @@ std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access
         throw UnsupportedInput(name + ": an ESXi seSparse snapshot delta extent is not supported; consolidate the "
                                       "snapshots on the host first");
     if (head.starts_with("QFI\xfb"))
-        throw UnsupportedInput(name + ": qcow2 is not supported yet; vmcrypt encrypts VMDK disks");
+        return qcow2::QcowDisk::open(std::move(file), path);
 
     std::uint64_t size = file.size();
     if (size < vmdk::max_descriptor_file_size) {
@@ -58,8 +59,8 @@ std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access
         if (vmdk::looks_like_descriptor(text))
             return vmdk::VmdkDisk::open(std::move(file), path);
     }
-    throw UnsupportedInput(name + ": not a VMDK disk (neither a \"KDMV\" sparse extent nor a text descriptor); "
-                                  "name the disk's descriptor .vmdk file");
+    throw UnsupportedInput(name + ": not a VMDK or qcow2 disk (neither a \"KDMV\" sparse extent, a text descriptor "
+                                  "nor a \"QFI\\xfb\" qcow2 header); name the disk's .vmdk descriptor or .qcow2 file");
 }
 
 }  // namespace vmcrypt

@@ -7,6 +7,7 @@ packages=(
   libbotan-2-dev libcli11-dev nlohmann-json3-dev libgtest-dev
   qemu-utils e2fsprogs cryptsetup-bin openssl python3 python3-cryptography
   python3-pykmip libqcow-utils python3-libqcow
+  zlib1g-dev libzstd-dev
   clang libclang-rt-14-dev
 )
 

@@ -1,0 +1,180 @@
+// Cluster allocation: finding free clusters and growing the refcount structures, in QEMU's write order.
+
+#include "core/engine/fault_injection.hpp"
+#include "core/error.hpp"
+#include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/refcounts.hpp"
+
+namespace vmcrypt::qcow2 {
+
+std::uint64_t Refcounts::find_free_run(std::uint64_t count, std::uint64_t start) const
+{
+    std::uint64_t run_start = start;
+    std::uint64_t run_length = 0;
+    for (std::uint64_t cluster = start; run_length < count; ++cluster) {
+        if (get(cluster) == 0) {
+            ++run_length;
+            continue;
+        }
+        run_start = cluster + 1;
+        run_length = 0;
+    }
+    return run_start;
+}
+
+std::uint64_t Refcounts::end_of_used_clusters() const
+{
+    for (std::uint64_t block_index = table_.size(); block_index-- > 0;) {
+        if (!has_block(block_index))
+            continue;
+        for (std::uint64_t index = entries_per_block_; index-- > 0;) {
+            std::uint64_t cluster = block_index * entries_per_block_ + index;
+            if (get(cluster) != 0)
+                return std::max(file_clusters_, cluster + 1);
+        }
+    }
+    return file_clusters_;
+}
+
+std::uint64_t Refcounts::allocate(File& file, std::uint64_t count)
+{
+    if (count == 0)
+        throw Error(ExitCode::failure, where_ + ": internal error: allocation of 0 clusters");
+    for (;;) {
+        const std::uint64_t start = find_free_run(count, free_hint_);
+        bool created = false;
+        for (std::uint64_t block_index = start / entries_per_block_;
+             block_index <= (start + count - 1) / entries_per_block_; ++block_index) {
+            if (!has_block(block_index)) {
+                create_block(file, block_index);
+                created = true;
+                break;
+            }
+        }
+        if (created)
+            continue;  // the new block took a cluster, which may be inside the run
+
+        for (std::uint64_t cluster = start; cluster < start + count; ++cluster)
+            set(cluster, 1);
+        flush(file);
+        // COMMIT POINT: the clusters are durably in use. A crash before the caller links them leaks them.
+        fault_point("qcow2-clusters-allocated");
+        if (count == 1 && start == free_hint_)
+            free_hint_ = start + 1;
+        file_clusters_ = std::max(file_clusters_, start + count);
+        return start << cluster_bits_;
+    }
+}
+
+// Creates the refcount block for clusters [block_index * N, (block_index + 1) * N) in the first cluster
+// of that range, which describes itself. All of that range has refcount 0 while the block is missing,
+// so the cluster is free.
+void Refcounts::create_block(File& file, std::uint64_t block_index)
+{
+    if (block_index >= table_.size()) {
+        grow_table(file, block_index + 1);
+        return;
+    }
+    const std::uint64_t cluster_size = std::uint64_t{1} << cluster_bits_;
+    const std::uint64_t cluster = block_index * entries_per_block_;
+    table_[block_index] = cluster << cluster_bits_;
+    blocks_[block_index].assign(cluster_size, 0);
+    set(cluster, 1);
+    dirty_sectors_.erase(block_index);
+
+    file.write_exact(table_[block_index], blocks_[block_index]);
+    file.sync_data();
+    fault_point("qcow2-refblock-written");
+
+    std::uint8_t entry[8];
+    store_be64(entry, 0, table_[block_index]);
+    file.write_exact(table_offset_ + block_index * 8, entry);
+    file.sync_data();
+    // COMMIT POINT: the block is part of the refcount structures.
+    fault_point("qcow2-reftable-entry-written");
+    file_clusters_ = std::max(file_clusters_, cluster + 1);
+}
+
+// Moves the refcount table to a larger one after every used cluster, with the new blocks that the
+// new table and the blocks themselves need right behind it (as QEMU's alloc_refcount_block does).
+// The old table stays valid until the header points at the new one; then its clusters are released.
+void Refcounts::grow_table(File& file, std::uint64_t needed_entries)
+{
+    const std::uint64_t cluster_size = std::uint64_t{1} << cluster_bits_;
+    const std::uint64_t per_block = entries_per_block_;
+    const std::uint64_t start = end_of_used_clusters();
+
+    std::uint64_t entries = std::max(needed_entries, table_.size() + table_.size() / 2 + 1);
+    std::uint64_t table_clusters = 0;
+    std::vector<std::uint64_t> missing;
+    for (;;) {
+        table_clusters = (entries * 8 + cluster_size - 1) / cluster_size;
+        missing.clear();
+        for (;;) {
+            const std::uint64_t end = start + table_clusters + missing.size();
+            std::vector<std::uint64_t> now;
+            for (std::uint64_t block_index = start / per_block; block_index <= (end - 1) / per_block; ++block_index)
+                if (!has_block(block_index))
+                    now.push_back(block_index);
+            if (now.size() == missing.size())
+                break;
+            missing = now;
+        }
+        const std::uint64_t last_block = (start + table_clusters + missing.size() - 1) / per_block;
+        if (last_block < entries)
+            break;
+        entries = last_block + 1;
+    }
+    if (table_clusters * cluster_size > max_refcount_table_bytes)
+        throw UnsupportedInput(where_ + ": the refcount table would need " + std::to_string(table_clusters) +
+                               " clusters, more than QEMU's limit of 8 MiB");
+
+    const std::uint64_t old_offset = table_offset_;
+    const std::uint64_t old_clusters = table_clusters_;
+    const std::uint64_t new_offset = start << cluster_bits_;
+    table_.resize(table_clusters * cluster_size / 8, 0);
+    blocks_.resize(table_.size());
+    for (std::size_t k = 0; k < missing.size(); ++k) {
+        table_[missing[k]] = (start + table_clusters + k) << cluster_bits_;
+        blocks_[missing[k]].assign(cluster_size, 0);
+    }
+    for (std::uint64_t cluster = start; cluster < start + table_clusters + missing.size(); ++cluster)
+        set(cluster, 1);
+
+    for (std::uint64_t block_index : missing) {
+        file.write_exact(table_[block_index], blocks_[block_index]);
+        dirty_sectors_.erase(block_index);
+    }
+    flush(file);  // the raised refcounts in existing blocks, and a sync for the new blocks
+    fault_point("qcow2-reftable-blocks-written");
+
+    std::vector<std::uint8_t> table_bytes(table_clusters * cluster_size, 0);
+    for (std::size_t i = 0; i < table_.size(); ++i)
+        store_be64(table_bytes, i * 8, table_[i]);
+    file.write_exact(new_offset, table_bytes);
+    file.sync_data();
+    fault_point("qcow2-reftable-written");
+
+    // refcount_table_offset (8 bytes at 48) and refcount_table_clusters (4 bytes at 56) share sector 0,
+    // so one write switches both atomically.
+    std::uint8_t fields[12];
+    store_be64(fields, 0, new_offset);
+    store_be32(fields, 8, static_cast<std::uint32_t>(table_clusters));
+    file.write_exact(48, fields);
+    file.sync_data();
+    // COMMIT POINT: the new table is in use; the old one is only leaked until released below.
+    fault_point("qcow2-reftable-switched");
+    table_offset_ = new_offset;
+    table_clusters_ = table_clusters;
+    file_clusters_ = std::max(file_clusters_, start + table_clusters + missing.size());
+
+    const std::uint64_t old_first = old_offset >> cluster_bits_;
+    for (std::uint64_t cluster = old_first; cluster < old_first + old_clusters; ++cluster)
+        if (get(cluster) > 0)
+            set(cluster, get(cluster) - 1);
+    flush(file);
+    if (old_first < free_hint_)
+        free_hint_ = old_first;
+}
+
+}  // namespace vmcrypt::qcow2

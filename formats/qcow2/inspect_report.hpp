@@ -1,0 +1,13 @@
+#pragma once
+// The qcow2 part of `vmcrypt inspect`: header facts, allocation, snapshots, backing and encryption.
+
+#include "formats/qcow2/qcow2_disk.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace vmcrypt::qcow2 {
+
+// Describes the image as the "qcow2" object of the vmcrypt-inspect/1 JSON schema (see vmcrypt-inspect(1)).
+nlohmann::json describe_image(const QcowDisk& disk);
+
+}  // namespace vmcrypt::qcow2

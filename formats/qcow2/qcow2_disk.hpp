@@ -1,0 +1,80 @@
+#pragma once
+// A qcow2 image opened for inspection or in-place rewriting.
+//
+// Opening parses and validates the header, the extensions, the active L1/L2 tables and, for a
+// read-write open, the refcounts against every reference, so that later steps work on checked values.
+// A read-write open takes QEMU's image lock first and then rejects what vmcrypt must not rewrite: the
+// dirty or corrupt bit, internal snapshots, unknown incompatible features and an external data file.
+// vmcrypt's encryption record lives in header extension 0x766d6372 as "key=value" lines.
+
+#include "core/crypto/secure.hpp"
+#include "core/disk.hpp"
+#include "core/io/file.hpp"
+#include "formats/qcow2/cluster_map.hpp"
+#include "formats/qcow2/header.hpp"
+#include "formats/qcow2/refcounts.hpp"
+#include "formats/qcow2/snapshots.hpp"
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vmcrypt::qcow2 {
+
+class QcowDisk final : public Disk {
+public:
+    // Opens the image in `file` (opened from `path` with the access the caller needs). Throws
+    // InvalidInput or UnsupportedInput naming the file and field, DiskInUse when QEMU holds the image.
+    static std::unique_ptr<QcowDisk> open(File file, const std::filesystem::path& path);
+
+    std::string format() const override { return "qcow2"; }
+    std::string subformat() const override { return header_.version == 2 ? "v2 (compat=0.10)" : "v3 (compat=1.1)"; }
+    std::uint64_t capacity() const override { return header_.size; }
+    std::vector<File*> files() override { return {file_.get()}; }
+    std::vector<DataRun> data_runs() const override { return map_.runs; }
+    // QEMU's LUKS rule: the XTS tweak of a 512-byte unit is its host offset / 512.
+    std::string tweak_rule() const override { return "host-sector"; }
+    // QEMU decrypts every allocated unit, zeros included.
+    std::string zero_unit_rule() const override { return "encrypted"; }
+    std::optional<RecordFields> record() const override { return record_; }
+    MetadataWrite record_update(const std::optional<RecordFields>& fields) const override;
+    void apply(const MetadataWrite& update) override;
+    DiskRelations relations() const override;
+    std::optional<std::string> foreign_encryption() const override;
+    std::vector<ExtentInfo> extents() const override;
+    void prepare_encrypt(const SecureBytes& dek, const RecordFields& record) override;
+
+    const Header& header() const { return header_; }
+    const ClusterMap& cluster_map() const { return map_; }
+    const std::vector<Snapshot>& snapshots() const { return snapshots_; }
+    // True when every cluster's use is known, so refcounts above the reference count are leaks.
+    bool references_complete() const;
+
+private:
+    QcowDisk() = default;
+    void load(bool check_state);
+    // Walks the tables into map_ and counts every reference to each host cluster (read-write opens).
+    ClusterReferences count_references();
+    void check_refcounts(const ClusterReferences& references) const;
+    void repair_leaks();
+    void decompress_clusters();
+    CryptoHeaderPointer write_luks_area(const std::vector<std::uint8_t>& area);
+    Header header_for(const std::optional<RecordFields>& fields) const;
+
+    std::filesystem::path path_;
+    std::string name_;
+    std::unique_ptr<File> file_;
+    Header header_;
+    ClusterMap map_;
+    std::vector<Snapshot> snapshots_;
+    std::optional<Refcounts> refcounts_;  // loaded for read-write opens
+    std::optional<RecordFields> record_;
+    std::optional<CryptoHeaderPointer> prepared_area_;  // LUKS area allocated by an encrypt, not yet in the header
+};
+
+// Reads the first cluster of a file that starts with the qcow2 magic (at most 2 MiB).
+std::vector<std::uint8_t> read_cluster0(const File& file);
+
+}  // namespace vmcrypt::qcow2

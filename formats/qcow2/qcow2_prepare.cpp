@@ -1,0 +1,165 @@
+// The structural part of a qcow2 encrypt, done before the rewrite engine's journal exists:
+//   1. repair leaked clusters (a crash in an earlier run of these steps leaves only leaks);
+//   2. decompress every compressed cluster into a newly allocated cluster, because QEMU cannot read
+//      a compressed cluster of an encrypted image;
+//   3. allocate and write the LUKS header area.
+// Each step writes in QEMU's order (refcounts, then data, then the L2 entry, then the old refcounts
+// drop), so a crash at any point leaves a valid plaintext image with the same guest data, and at worst
+// leaked clusters that the next run repairs. The header does not name the LUKS area until the
+// engine's journaled start write.
+
+#include "core/engine/fault_injection.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/compression.hpp"
+#include "formats/qcow2/luks_area.hpp"
+#include "formats/qcow2/qcow2_disk.hpp"
+
+#include <algorithm>
+
+namespace vmcrypt::qcow2 {
+
+namespace {
+
+// Compressed clusters handled per batch: one allocation, one sync for the data, one for the L2
+// entries and one for the released refcounts.
+constexpr std::size_t decompress_batch = 256;
+
+RecordFields final_record_estimate(RecordFields fields)
+{
+    bool has_check = false;
+    for (auto& [name, value] : fields) {
+        if (name == "state")
+            value = "encrypted";
+        has_check = has_check || name == "dataCheck";
+    }
+    if (!has_check)
+        fields.insert(fields.end() - 1, {"dataCheck", std::string(44, 'A')});
+    return fields;
+}
+
+}  // namespace
+
+void QcowDisk::prepare_encrypt(const SecureBytes& dek, const RecordFields& record)
+{
+    if (file_->access() != Access::read_write || !refcounts_)
+        throw Error(ExitCode::failure, name_ + ": prepare_encrypt: the image is open read-only");
+    if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::none)
+        throw WrongDiskState(name_ + ": the image is already encrypted (crypt_method " +
+                             std::to_string(header_.crypt_method) + "); nothing was written");
+
+    // Nothing is written before these checks: the final header must fit in cluster 0, and the LUKS
+    // area must build.
+    prepared_area_ = CryptoHeaderPointer{header_.cluster_size(), luks_area_size()};
+    record_update(final_record_estimate(record));
+    prepared_area_.reset();
+    std::vector<std::uint8_t> area = build_qemu_luks_area(dek);
+
+    repair_leaks();
+    decompress_clusters();
+    CryptoHeaderPointer pointer = write_luks_area(area);
+    load(false);
+    prepared_area_ = pointer;
+}
+
+void QcowDisk::repair_leaks()
+{
+    if (!references_complete()) {
+        // NOTE: bitmaps, snapshots or unknown extensions may own clusters vmcrypt cannot see, so a
+        // leak cannot be told from them; leaks stay until qemu-img check -r leaks.
+        log_info(name_ + ": not checking for leaked clusters: the image has bitmaps or unknown extensions");
+        return;
+    }
+    ClusterReferences references = count_references();
+    std::uint64_t repaired = 0;
+    const std::uint64_t end = refcounts_->end_of_used_clusters();
+    for (std::uint64_t cluster = 0; cluster < end; ++cluster) {
+        const std::uint64_t refcount = refcounts_->get(cluster);
+        const std::uint64_t count = references.count(cluster);
+        // A cluster without references is leaked; a compressed host cluster may keep a refcount from
+        // entries that were decompressed. Others (refcount 2 on data) stay, because lowering them would
+        // contradict their COPIED flags; qemu-img check -r all repairs those.
+        if (refcount > count && (count == 0 || references.compressed_only(cluster))) {
+            refcounts_->set(cluster, count);
+            ++repaired;
+        }
+    }
+    if (repaired == 0)
+        return;
+    refcounts_->flush(*file_);
+    fault_point("qcow2-leaks-repaired");
+    log_info(name_ + ": repaired the refcounts of " + std::to_string(repaired) + " leaked clusters");
+}
+
+void QcowDisk::decompress_clusters()
+{
+    File& file = *file_;
+    const std::vector<CompressedCluster> compressed = map_.compressed;
+    const std::uint64_t cluster_size = header_.cluster_size();
+    if (compressed.empty())
+        return;
+    log_info(name_ + ": decompressing " + std::to_string(compressed.size()) + " compressed clusters");
+
+    for (std::size_t first = 0; first < compressed.size(); first += decompress_batch) {
+        const std::size_t count = std::min(decompress_batch, compressed.size() - first);
+        const std::uint64_t target = refcounts_->allocate(file, count);
+
+        // The data first: the clusters are allocated, and no entry points at them yet.
+        for (std::size_t i = 0; i < count; ++i) {
+            const CompressedCluster& cluster = compressed[first + i];
+            std::vector<std::uint8_t> stored(static_cast<std::size_t>(cluster.stored_bytes));
+            stored.resize(file.read_at(cluster.host_offset, stored));
+            const std::string what = name_ + ": compressed guest cluster " + std::to_string(cluster.guest_cluster);
+            std::vector<std::uint8_t> plain = decompress_cluster(stored, header_.compression_type, cluster_size, what);
+            file.write_exact(target + i * cluster_size, plain);
+        }
+        file.sync_data();
+        fault_point("qcow2-decompressed-written");
+
+        // Then the L2 entries. Each entry (with its bitmap) lies inside one sector, so each write is atomic.
+        for (std::size_t i = 0; i < count; ++i) {
+            std::uint8_t entry[16] = {};
+            store_be64(entry, 0, (target + i * cluster_size) | flag_copied);
+            store_be64(entry, 8, 0x00000000ffffffffull);  // extended L2: all 32 subclusters allocated
+            file.write_exact(compressed[first + i].entry_offset, {entry, static_cast<std::size_t>(header_.l2_entry_size())});
+            if (i == 0)
+                fault_point("qcow2-decompressed-linking");
+        }
+        file.sync_data();
+        // COMMIT POINT: the guest reads the batch from the new clusters; the compressed bytes are leaked
+        // until the refcounts below drop.
+        fault_point("qcow2-decompressed-linked");
+
+        for (std::size_t i = 0; i < count; ++i) {
+            const CompressedCluster& cluster = compressed[first + i];
+            const std::uint64_t begin = cluster.host_offset & ~std::uint64_t{511};
+            const std::uint64_t end = begin + cluster.stored_bytes + (cluster.host_offset & 511);
+            for (std::uint64_t host = begin >> header_.cluster_bits; host <= (end - 1) >> header_.cluster_bits; ++host)
+                if (refcounts_->get(host) > 0)
+                    refcounts_->set(host, refcounts_->get(host) - 1);
+        }
+        refcounts_->flush(file);
+        fault_point("qcow2-decompressed-released");
+    }
+}
+
+CryptoHeaderPointer QcowDisk::write_luks_area(const std::vector<std::uint8_t>& area)
+{
+    File& file = *file_;
+    const std::uint64_t cluster_size = header_.cluster_size();
+    const std::uint64_t clusters = (area.size() + cluster_size - 1) / cluster_size;
+    const std::uint64_t offset = refcounts_->allocate(file, clusters);
+    fault_point("qcow2-luks-area-allocated");
+
+    std::vector<std::uint8_t> padded = area;
+    padded.resize(clusters * cluster_size, 0);
+    file.write_exact(offset, padded);
+    file.sync_data();
+    // The area is written but unreferenced (a leak) until the engine's start write names it.
+    fault_point("qcow2-luks-area-written");
+    log_info(name_ + ": LUKS header area written at " + hex(offset) + " (" + std::to_string(area.size()) + " bytes)");
+    return CryptoHeaderPointer{offset, area.size()};
+}
+
+}  // namespace vmcrypt::qcow2

@@ -1,0 +1,131 @@
+// vmcrypt's record in the qcow2 header, and the header writes that carry an operation's state.
+//
+// The header says what state the image is in, for QEMU and for vmcrypt alike:
+//   plaintext:    crypt_method 0, no crypto extension, no vmcrypt extension;
+//   in progress:  crypt_method 0x766d6370 (vmcrypt's guard, which QEMU and libqcow reject), the crypto
+//                 extension naming the LUKS area, and the vmcrypt extension with state encrypting or
+//                 decrypting;
+//   encrypted:    crypt_method 2 (LUKS), the crypto extension, the vmcrypt extension (state encrypted).
+// Each state change is one header write that the rewrite engine journals first, so a crash in the
+// middle of it is redone on resume.
+
+#include "core/engine/fault_injection.hpp"
+#include "core/error.hpp"
+#include "core/record/encryption_record.hpp"
+#include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/qcow2_disk.hpp"
+
+#include <algorithm>
+
+namespace vmcrypt::qcow2 {
+
+namespace {
+
+void erase_extension(Header& header, std::uint32_t type)
+{
+    std::erase_if(header.extensions, [type](const HeaderExtension& extension) { return extension.type == type; });
+}
+
+std::string field_value(const RecordFields& fields, const std::string& name)
+{
+    for (const auto& [key, value] : fields)
+        if (key == name)
+            return value;
+    return {};
+}
+
+}  // namespace
+
+Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
+{
+    Header next = header_;
+    // A writer that does not know an autoclear feature must clear its bit (docs/interop/qcow2.txt).
+    next.autoclear_features &= autoclear_bitmaps | autoclear_raw_data;
+    erase_extension(next, ext_vmcrypt);
+    if (!fields) {
+        next.crypt_method = static_cast<std::uint32_t>(CryptMethod::none);
+        erase_extension(next, ext_crypto);
+        return next;
+    }
+
+    const bool encrypted = field_value(*fields, "state") == "encrypted";
+    next.crypt_method = static_cast<std::uint32_t>(encrypted ? CryptMethod::luks : CryptMethod::vmcrypt_in_progress);
+    if (!next.find_extension(ext_crypto)) {
+        std::optional<CryptoHeaderPointer> area = prepared_area_;
+        if (!area)
+            throw Error(ExitCode::failure, name_ + ": internal error: the record needs a LUKS area, but none was prepared");
+        HeaderExtension crypto;
+        crypto.type = ext_crypto;
+        crypto.data.resize(16);
+        store_be64(crypto.data, 0, area->offset);
+        store_be64(crypto.data, 8, area->length);
+        next.extensions.push_back(std::move(crypto));
+    }
+    HeaderExtension record;
+    record.type = ext_vmcrypt;
+    std::string text = fields_to_text(*fields);
+    record.data.assign(text.begin(), text.end());
+    next.extensions.push_back(std::move(record));
+    return next;
+}
+
+MetadataWrite QcowDisk::record_update(const std::optional<RecordFields>& fields) const
+{
+    std::vector<std::uint8_t> bytes;
+    try {
+        bytes = serialize_header(header_for(fields), name_);
+    } catch (const InvalidInput& e) {
+        throw InvalidInput(std::string(e.what()) + "; the vmcrypt record does not fit next to the header. Use fewer "
+                           "key slots, or convert to larger clusters: qemu-img convert -O qcow2 -o cluster_size=65536 " +
+                           name_ + " new.qcow2");
+    }
+    // Cover the old header area too, so that no stale extension bytes stay behind the end marker.
+    std::uint64_t length = std::max<std::uint64_t>(bytes.size(), header_.header_area_end);
+    length = std::min<std::uint64_t>((length + 511) / 512 * 512, header_.cluster_size());
+    bytes.resize(length, 0);
+
+    MetadataWrite write;
+    write.file_index = 0;
+    write.offset = 0;
+    write.bytes = std::move(bytes);
+    return write;
+}
+
+void QcowDisk::apply(const MetadataWrite& update)
+{
+    File& file = *file_;
+    if (file.access() != Access::read_write)
+        throw Error(ExitCode::failure, name_ + ": apply: the image is open read-only, so its header cannot be written");
+    if (update.file_index != 0 || update.offset != 0 || update.truncate_to || update.bytes.size() > header_.cluster_size())
+        throw Error(ExitCode::failure, name_ + ": apply: the metadata write does not cover the header in cluster 0 "
+                                               "(file " + std::to_string(update.file_index) + ", offset " +
+                                               std::to_string(update.offset) + ", " +
+                                               std::to_string(update.bytes.size()) + " bytes)");
+
+    // Reject a header that would not parse before touching the file.
+    Header next = parse_header(update.bytes, file.size(), name_);
+
+    std::optional<CryptoHeaderPointer> area = header_.crypto_header();
+    if (area && !next.crypto_header() && refcounts_) {
+        // Decrypt's last step. The guard still blocks every other program, so the area may be released
+        // before the header stops naming it; a crash in between is finished by the journal's replay of
+        // this write, and nothing leaks.
+        const std::uint64_t first = area->offset >> header_.cluster_bits;
+        const std::uint64_t count = (area->length + header_.cluster_size() - 1) >> header_.cluster_bits;
+        if (refcounts_->get(first) != 0)
+            refcounts_->set_range(file, first, count, 0);
+        fault_point("qcow2-luks-area-released");
+    }
+
+    if (static_cast<CryptMethod>(next.crypt_method) == CryptMethod::vmcrypt_in_progress && file.size() < map_.data_end) {
+        // The engine rewrites whole clusters, so the zeros QEMU reads past the end of the file must
+        // exist as bytes. Extending the file adds a hole and changes nothing QEMU reads.
+        file.truncate(map_.data_end);
+    }
+    file.write_exact(0, update.bytes);
+    file.sync_data();
+    prepared_area_.reset();
+    load(false);
+}
+
+}  // namespace vmcrypt::qcow2
