@@ -5,6 +5,7 @@
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/open_disk.hpp"
+#include "formats/qcow2/inspect_report.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress_reporter.hpp"
 
@@ -21,7 +22,7 @@ using nlohmann::json;
 json describe_encryption(Disk& disk, const std::string& where)
 {
     if (auto foreign = disk.foreign_encryption())
-        return {{"state", "encrypted"}, {"by", "vmware"}, {"detail", *foreign}};
+        return {{"state", "encrypted"}, {"by", disk.format() == "qcow2" ? "qemu" : "vmware"}, {"detail", *foreign}};
 
     std::optional<RecordFields> fields = disk.record();
     if (!fields)
@@ -91,6 +92,45 @@ json describe_operation(const std::filesystem::path& metadata_file)
             {"authenticated", false}};
 }
 
+std::string join_names(const json& names)
+{
+    std::string text;
+    for (const json& name : names)
+        text += (text.empty() ? "" : ", ") + name.get<std::string>();
+    return text.empty() ? std::string("none") : text;
+}
+
+void print_qcow2(const json& image)
+{
+    std::printf("qcow2:      version %u, %s clusters, %u-bit refcounts, %s compression%s\n",
+                image["version"].get<unsigned>(), format_bytes(image["clusterSize"]).c_str(),
+                image["refcountBits"].get<unsigned>(), image["compressionType"].get<std::string>().c_str(),
+                image["extendedL2"].get<bool>() ? ", extended L2 (subclusters)" : "");
+    const json& features = image["features"];
+    std::printf("  features: incompatible: %s; compatible: %s; autoclear: %s\n",
+                join_names(features["incompatible"]).c_str(), join_names(features["compatible"]).c_str(),
+                join_names(features["autoclear"]).c_str());
+    const json& allocation = image["allocation"];
+    std::printf("  allocation: %llu data clusters (%s), %llu zero clusters, %llu compressed clusters (%s stored)\n",
+                static_cast<unsigned long long>(allocation["dataClusters"].get<std::uint64_t>()),
+                format_bytes(allocation["dataBytes"]).c_str(),
+                static_cast<unsigned long long>(allocation["zeroClusters"].get<std::uint64_t>()),
+                static_cast<unsigned long long>(allocation["compressedClusters"].get<std::uint64_t>()),
+                format_bytes(allocation["compressedBytes"]).c_str());
+    std::printf("  snapshots: %zu", image["snapshots"].size());
+    for (const json& snapshot : image["snapshots"])
+        std::printf(" [%s \"%s\"]", snapshot["id"].get<std::string>().c_str(), snapshot["name"].get<std::string>().c_str());
+    std::printf("\n");
+    if (!image["backingFile"].is_null())
+        std::printf("  backing file: %s (format %s)\n", image["backingFile"].get<std::string>().c_str(),
+                    image["backingFormat"].is_null() ? "not recorded" : image["backingFormat"].get<std::string>().c_str());
+    if (!image["dataFile"].is_null())
+        std::printf("  external data file: %s\n", image["dataFile"].get<std::string>().c_str());
+    std::printf("  crypt method: %u (%s)%s\n", image["cryptMethod"].get<unsigned>(),
+                image["encryption"].get<std::string>().c_str(),
+                image["insecure"].get<bool>() ? ", INSECURE: re-encrypt it with vmcrypt" : "");
+}
+
 void print_text(const json& report)
 {
     std::printf("disk:       %s\n", report["disk"].get<std::string>().c_str());
@@ -113,12 +153,14 @@ void print_text(const json& report)
             text += (text.empty() ? "" : ", ") + item.get<std::string>();
         return text.empty() ? std::string("none") : text;
     };
+    if (report.contains("qcow2"))
+        print_qcow2(report["qcow2"]);
     std::printf("parents:    %s\n", list(report["parents"]).c_str());
     std::printf("children:   %s\n", list(report["children"]).c_str());
 
     const json& encryption = report["encryption"];
     std::string state = encryption["state"];
-    if (encryption.contains("by") && encryption["by"] == "vmware") {
+    if (encryption.contains("by") && encryption["by"] != "vmcrypt") {
         std::printf("encryption: encrypted by %s\n", encryption["detail"].get<std::string>().c_str());
     } else if (state == "plaintext") {
         std::printf("encryption: none (plaintext)\n");
@@ -126,9 +168,10 @@ void print_text(const json& report)
         std::printf("encryption: vmcrypt record is invalid: %s\n", encryption["error"].get<std::string>().c_str());
     } else {
         std::printf("encryption: vmcrypt, %s\n", state.c_str());
-        std::printf("  cipher:   %s, %u-byte units, tweak %s, zero units stored as zeros\n",
+        std::printf("  cipher:   %s, %u-byte units, tweak %s, %s\n",
                     encryption["cipher"].get<std::string>().c_str(), encryption["unitSize"].get<unsigned>(),
-                    encryption["tweak"].get<std::string>().c_str());
+                    encryption["tweak"].get<std::string>().c_str(),
+                    encryption["zeroUnits"] == "plain" ? "zero units stored as zeros" : "zero units encrypted");
         for (const json& slot : encryption["keySlots"]) {
             std::string detail;
             for (auto it = slot.begin(); it != slot.end(); ++it)
@@ -196,6 +239,8 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
                    {"encryption", describe_encryption(*disk, disk_path)},
                    {"unfinishedOperation", describe_operation(disk->files().front()->path())},
                    {"inUse", in_use}};
+    if (const auto* image = dynamic_cast<const qcow2::QcowDisk*>(disk.get()))
+        report["qcow2"] = qcow2::describe_image(*image);
 
     if (global.json)
         std::printf("%s\n", report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
