@@ -965,15 +965,15 @@ kill_when_journal_appears() {
     [[ $BACKGROUND_EXIT == 137 && -e $journal ]]
 }
 
-# Opens DISK read-write in qemu-io, which holds QEMU's image locks (open file description locks) on
-# every file of the disk while it waits for commands on stdin, a FIFO here. Returns when the image
-# is open and the locks are visible to qemu-img.
+# Opens DISK (of FORMAT, default vmdk) read-write in qemu-io, which holds QEMU's image locks (open
+# file description locks) on every file of the disk while it waits for commands on stdin, a FIFO
+# here. Returns when the image is open and the locks are visible to qemu-img.
 hold_image_open() {
-    local disk=$1
+    local disk=$1 format=${2:-vmdk}
     local fifo="$TEST_TMP/qemu-io.fifo"
     rm -f "$fifo"
     mkfifo "$fifo"
-    qemu-io -f vmdk "$disk" <"$fifo" >"$TEST_TMP/qemu-io.out" 2>&1 &
+    qemu-io -f "$format" "$disk" <"$fifo" >"$TEST_TMP/qemu-io.out" 2>&1 &
     HOLDER_PID=$!
     register_background_pid "$HOLDER_PID"
     exec {HOLDER_FD}>"$fifo"

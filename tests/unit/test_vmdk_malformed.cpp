@@ -380,20 +380,13 @@ std::vector<MalformedDisk> malformed_disks()
              return path;
          },
          Expected::unsupported, "s-sesparse.vmdk: an ESXi seSparse snapshot delta extent is not supported"},
-        {"qcow2",
-         [](const TempFolder& f) {
-             auto path = f / "d.qcow2";
-             run_command("qemu-img create -q -f qcow2 " + shell_quote(path) + " 10M");
-             return path;
-         },
-         Expected::unsupported, "d.qcow2: qcow2 is not supported yet"},
         {"raw image",
          [](const TempFolder& f) {
              auto path = f / "d.img";
              run_command("qemu-img create -q -f raw " + shell_quote(path) + " 10M");
              return path;
          },
-         Expected::unsupported, "d.img: not a VMDK disk"},
+         Expected::unsupported, "d.img: not a VMDK or qcow2 disk"},
     };
 }
 
