@@ -188,9 +188,11 @@ void print_text(const json& report)
             std::printf("unfinished: journal %s is unreadable: %s\n", operation["journal"].get<std::string>().c_str(),
                         operation["error"].get<std::string>().c_str());
         else
-            std::printf("unfinished: %s, %s of %s done (journal %s); run the same command to resume\n",
+            std::printf("unfinished: %s, %s of %s done (journal %s); %s\n",
                         operation["operation"].get<std::string>().c_str(), format_bytes(operation["bytesDone"]).c_str(),
-                        format_bytes(operation["bytesTotal"]).c_str(), operation["journal"].get<std::string>().c_str());
+                        format_bytes(operation["bytesTotal"]).c_str(), operation["journal"].get<std::string>().c_str(),
+                        report["inUse"].is_null() ? "run the same command to resume"
+                                                  : "another process holds the disk and may be running it");
     }
     std::printf("in use:     %s\n", report["inUse"].is_null() ? "no" : report["inUse"].get<std::string>().c_str());
 }

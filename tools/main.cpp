@@ -8,8 +8,12 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
@@ -46,7 +50,7 @@ void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool enc
     (void)key_file;
 
     command.add_option("--keystore", keys.keystore,
-                       "key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys)");
+                       "key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys, else ~/.local/share/vmcrypt/keys)");
     if (encrypting) {
         command.add_option("--kek-id", keys.kek_id, "seal with this existing KEK (UUID) of the key store instead of "
                                                     "creating a new one");
@@ -88,6 +92,31 @@ int report_error(const vmcrypt::cli::GlobalOptions& global, int code, const std:
         std::printf("%s\n", error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return code;
+}
+
+// CLI11 reports a mistyped command as a missing one; name the word it did not know instead.
+std::optional<std::string> unknown_command(CLI::App& app, int argc, char** argv)
+{
+    std::vector<std::string> names;
+    for (const CLI::App* command : app.get_subcommands({}))
+        names.push_back(command->get_name());
+
+    for (int i = 1; i < argc; ++i) {
+        std::string word = argv[i];
+        if (word == "--progress") {  // the one global option that takes a separate value
+            ++i;
+            continue;
+        }
+        if (word.empty() || word[0] == '-')
+            continue;
+        if (std::find(names.begin(), names.end(), word) != names.end())
+            return std::nullopt;
+        std::string list;
+        for (const std::string& name : names)
+            list += (list.empty() ? "" : ", ") + name;
+        return "unknown command \"" + word + "\"; the commands are " + list + " (see vmcrypt --help)";
+    }
+    return std::nullopt;
 }
 
 }  // namespace
@@ -146,6 +175,8 @@ int main(int argc, char** argv)
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        if (auto unknown = unknown_command(app, argc, argv))
+            return report_error(global, static_cast<int>(vmcrypt::ExitCode::usage), *unknown);
         return report_error(global, static_cast<int>(vmcrypt::ExitCode::usage),
                             std::string(e.what()) + "; see vmcrypt --help");
     }

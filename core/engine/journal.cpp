@@ -387,7 +387,7 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
     std::filesystem::path temporary = path;
     temporary += ".tmp";
     std::filesystem::remove(temporary);
-    {
+    try {
         File file = File::create_new(temporary, 0600);
         file.write_exact(0, head);
         file.write_exact(slot_offset(placeholder.sequence, header.slot_size), placeholder_sector);
@@ -395,6 +395,11 @@ Journal Journal::create(const std::filesystem::path& path, JournalHeader header,
         file.write_exact(slot_offset(entry.sequence, header.slot_size) + entry_header_size, body);
         file.truncate(header_area + 2 * header.slot_size);
         file.sync_all();
+    } catch (...) {
+        // Nothing changed yet: the disk is untouched, so leave no half-written journal behind either.
+        std::error_code ignored;
+        std::filesystem::remove(temporary, ignored);
+        throw;
     }
     std::filesystem::rename(temporary, path);
     sync_directory(path.parent_path());

@@ -10,6 +10,7 @@
 #include <botan/system_rng.h>
 #include <botan/uuid.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <sys/stat.h>
@@ -68,6 +69,14 @@ std::filesystem::path default_key_store_path()
 KeyStoreSource::KeyStoreSource(std::filesystem::path directory, std::optional<std::string> kek_id)
     : directory_(std::move(directory)), kek_id_(std::move(kek_id))
 {
+    // Checked here, before the disk is looked at, so a malformed option is a usage error whatever else
+    // is wrong. KEK files are named by the lower-case form that create_kek() writes.
+    if (kek_id_) {
+        if (!is_uuid(*kek_id_))
+            throw UsageError("--kek-id: \"" + *kek_id_ + "\" is not a UUID");
+        for (char& c : *kek_id_)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
 }
 
 std::string KeyStoreSource::description() const
@@ -77,9 +86,6 @@ std::string KeyStoreSource::description() const
 
 void KeyStoreSource::check_ready()
 {
-    if (kek_id_ && !is_uuid(*kek_id_))
-        throw UsageError("--kek-id: \"" + *kek_id_ + "\" is not a UUID");
-
     std::error_code ec;
     if (!std::filesystem::exists(directory_, ec)) {
         if (kek_id_)
@@ -101,11 +107,11 @@ SecureBytes KeyStoreSource::load_kek(const std::string& kek_id) const
     std::error_code ec;
     if (!std::filesystem::exists(directory_, ec))
         throw KeyUnavailable(directory_.string() + ": key store does not exist; it must hold KEK " + kek_id +
-                             " (set VMCRYPT_KEYSTORE or --keystore to the key store that encrypted the disk)");
+                             " (set VMCRYPT_KEYSTORE or --keystore to the key store that holds it)");
     require_private(directory_, 0700);
     if (!std::filesystem::exists(path, ec))
         throw KeyUnavailable(path.string() + ": KEK " + kek_id + " is not in the key store (set VMCRYPT_KEYSTORE "
-                             "or --keystore to the key store that encrypted the disk)");
+                             "or --keystore to the key store that holds it)");
     require_private(path, 0600);
     std::string content;
     try {

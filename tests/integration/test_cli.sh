@@ -53,6 +53,9 @@ fi
 # Usage errors: exit 2, one line on stderr, nothing written.
 expect_exit 2 "$VMCRYPT"
 expect_exit 2 "$VMCRYPT" frobnicate "$disk"
+expect_stderr_contains 'unknown command "frobnicate"'
+expect_exit 2 "$VMCRYPT" encrypt --kek-id not-a-uuid "$TEST_TMP/no-such-disk.vmdk"
+expect_stderr_contains "--kek-id"
 expect_exit 2 "$VMCRYPT" encrypt
 expect_exit 2 "$VMCRYPT" encrypt --no-such-option "$disk"
 expect_stderr_contains "--no-such-option"

@@ -178,6 +178,10 @@ expect_key_slot 0 type=keystore "kek=$kek_id"
 kek_count=$(find "$VMCRYPT_KEYSTORE" -name '*.kek' | wc -l)
 [[ $kek_count == 1 ]] || fail "expected encrypt --kek-id to reuse the KEK, the key store now holds $kek_count KEK files"
 decrypt_and_compare "of a disk encrypted with --kek-id"
+# UUIDs compare case-insensitively: an upper-case id names the same lower-case KEK file.
+expect_exit 0 "$VMCRYPT" encrypt --kek-id "${kek_id^^}" "$disk"
+expect_key_slot 0 type=keystore "kek=$kek_id"
+decrypt_and_compare "of a disk encrypted with an upper-case --kek-id"
 expect_exit 4 "$VMCRYPT" encrypt --kek-id 00000000-0000-4000-8000-000000000000 "$disk"
 expect_contents_unchanged "$dir" "$TEST_TMP/hashes.plain" "encrypt with an unknown --kek-id"
 
