@@ -23,6 +23,9 @@ struct KeyOptions {
     bool passphrase_prompt = false;
     std::optional<std::string> keystore;
     std::optional<std::string> kek_id;
+    std::optional<std::string> kms_config;    // KMS configuration file (default: default_kms_config_path())
+    std::optional<std::string> kms_provider;  // the KMS provider that keeps the new KEK
+    std::optional<std::string> kms_key;       // an existing KMS key (Unique Identifier) instead of a new one
     std::uint32_t pbkdf_memory_kib = 65536;
     std::uint32_t pbkdf_iterations = 3;
     std::uint32_t pbkdf_parallel = 1;

@@ -3,6 +3,8 @@
 #include "core/error.hpp"
 #include "core/keys/key_file_source.hpp"
 #include "core/keys/key_store.hpp"
+#include "core/keys/kmip_source.hpp"
+#include "core/kmip/kms_config.hpp"
 #include "core/keys/passphrase_source.hpp"
 #include "tools/passphrase_input.hpp"
 
@@ -64,9 +66,18 @@ KeySources make_key_sources(const KeyOptions& options, Operation operation)
         ::unsetenv("VMCRYPT_PASSPHRASE");
     }
 
+    // KMS keys: encrypt seals with the provider given; decrypt reads the provider from the disk's key slot
+    // and opens the KMS configuration only when it tries a kmip slot.
+    const std::filesystem::path kms_config = options.kms_config ? std::filesystem::path(*options.kms_config)
+                                                                : kmip::default_kms_config_path();
+    if (encrypting && options.kms_provider)
+        sources.push_back(std::make_unique<KmipSource>(kms_config, options.kms_provider, options.kms_key));
+
     const bool keystore_requested = options.keystore || options.kek_id;
     const bool explicit_key = options.key_file || options.passphrase_file || options.passphrase_fd ||
-                              options.passphrase_prompt;
+                              options.passphrase_prompt || options.kms_provider || options.kms_config;
+    if (!encrypting && (options.kms_config || !explicit_key))
+        sources.push_back(std::make_unique<KmipSource>(kms_config, std::nullopt, std::nullopt));
     // decrypt also falls back to the key store when only VMCRYPT_PASSPHRASE is set.
     if (sources.empty() || keystore_requested || (!encrypting && !explicit_key)) {
         std::filesystem::path directory = options.keystore ? std::filesystem::path(*options.keystore)

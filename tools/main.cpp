@@ -51,6 +51,18 @@ void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool enc
 
     command.add_option("--keystore", keys.keystore,
                        "key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys, else ~/.local/share/vmcrypt/keys)");
+    auto* kms_config = command.add_option("--kms-config", keys.kms_config,
+                                          "KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else "
+                                          "$XDG_CONFIG_HOME/vmcrypt/kms.json)");
+    if (encrypting) {
+        auto* kms_provider = command.add_option("--kms-provider", keys.kms_provider,
+                                                "seal with a new KEK created on this KMS provider (an id of the "
+                                                "KMS configuration)");
+        command.add_option("--kms-key", keys.kms_key, "seal with this existing, Active KMS key (its Unique "
+                                                      "Identifier) instead of creating one")
+            ->needs(kms_provider);
+        kms_config->needs(kms_provider);
+    }
     if (encrypting) {
         command.add_option("--kek-id", keys.kek_id, "seal with this existing KEK (UUID) of the key store instead of "
                                                     "creating a new one");

@@ -25,7 +25,13 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 std::string slot_summary(const KeySlot& slot)
 {
     auto kek = slot.params.find("kek");
-    return slot.type + (kek != slot.params.end() ? " kek=" + kek->second : "");
+    if (kek != slot.params.end())
+        return slot.type + " kek=" + kek->second;
+    auto provider = slot.params.find("provider");
+    auto key = slot.params.find("key");
+    if (provider != slot.params.end() && key != slot.params.end())
+        return slot.type + " provider=" + provider->second + " key=" + key->second;
+    return slot.type;
 }
 
 SecureBytes new_dek()
@@ -178,7 +184,7 @@ SecureBytes unlock_dek(const RecordFields& fields, KeySources& sources, const st
     throw KeyUnavailable(where + ": no given key source matches the disk's key slots (disk has: " +
                          join({slot_types.begin(), slot_types.end()}, ", ") + "; given: " +
                          (given.empty() ? std::string("none") : join(given, ", ")) +
-                         "); pass --key-file, --passphrase-file or --keystore accordingly");
+                         "); pass --key-file, --passphrase-file, --keystore or --kms-config accordingly");
 }
 
 namespace {
