@@ -43,6 +43,11 @@ struct ConsolidateCommandOptions {
     bool dry_run = false;
 };
 
+struct KmsCheckOptions {
+    std::optional<std::string> kms_config;
+    std::optional<std::string> provider;  // every provider of the configuration when not given
+};
+
 ProgressMode progress_mode(const GlobalOptions& global);
 
 }  // namespace vmcrypt::cli

@@ -10,5 +10,6 @@ int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& option
 int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_inspect(const GlobalOptions& global, const std::string& disk);
 int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options);
+int run_kms_check(const GlobalOptions& global, const KmsCheckOptions& options);
 
 }  // namespace vmcrypt::cli

@@ -175,7 +175,17 @@ int main(int argc, char** argv)
     consolidate->add_flag("-n,--dry-run", consolidate_options.dry_run,
                           "print the plan (files, bytes to copy, files to remove) and change nothing");
 
-    for (CLI::App* command : {encrypt, decrypt, inspect, consolidate})
+    CLI::App* kms = app.add_subcommand("kms", "administer KMS key providers");
+    kms->require_subcommand(1);
+    vmcrypt::cli::KmsCheckOptions kms_check_options;
+    CLI::App* kms_check = kms->add_subcommand("check", "check every server of the KMS providers: certificate, "
+                                                       "KMIP versions, and creating, getting and destroying a test key");
+    kms_check->add_option("--provider", kms_check_options.provider, "check only this provider (an id of the KMS "
+                                                                    "configuration)");
+    kms_check->add_option("--kms-config", kms_check_options.kms_config,
+                          "KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else $XDG_CONFIG_HOME/vmcrypt/kms.json)");
+
+    for (CLI::App* command : {encrypt, decrypt, inspect, consolidate, kms, kms_check})
         command->fallthrough();
 
     try {
@@ -207,6 +217,8 @@ int main(int argc, char** argv)
             return vmcrypt::cli::run_decrypt(global, decrypt_options);
         if (consolidate->parsed())
             return vmcrypt::cli::run_consolidate(global, consolidate_options);
+        if (kms_check->parsed())
+            return vmcrypt::cli::run_kms_check(global, kms_check_options);
         return vmcrypt::cli::run_inspect(global, inspect_disk);
     } catch (const vmcrypt::Error& e) {
         return report_error(global, static_cast<int>(e.code()), e.what());
