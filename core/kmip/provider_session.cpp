@@ -79,6 +79,11 @@ void ProviderSession::run(const std::string& description, const std::function<vo
             }
             Client client(*channel_, credential_ ? &*credential_ : nullptr);
             operation(client);
+            // Failed servers are reported once the operation succeeded elsewhere, so that a total failure
+            // stays one error line that lists them all.
+            for (const std::string& failure : failures)
+                log_warning("KMS provider \"" + provider_.id + "\": " + failure + "; used " + server.address() +
+                            " instead");
             return;
         } catch (const OperationFailed& e) {
             throw KeyUnavailable("KMS provider \"" + provider_.id + "\", server " + server.address() + ": " +
@@ -89,8 +94,7 @@ void ProviderSession::run(const std::string& description, const std::function<vo
             failures.push_back(server.address() + ": invalid KMIP reply: " + e.what());
         }
         channel_.reset();
-        if (attempt + 1 < count)
-            log_warning("KMS provider \"" + provider_.id + "\": " + failures.back() + "; trying the next server");
+        log_debug("KMS provider \"" + provider_.id + "\": " + failures.back());
         current_ = (current_ + 1) % count;
     }
 

@@ -88,6 +88,10 @@ kmip_start_server() {
     local name=$1 port=$2 database=$3 cert_name=${4:-server}
     local dir="$KMIP_DIR/$name"
     mkdir -p "$dir"
+    # A restarted server must not be taken for ready because of the previous run's log lines.
+    if [[ -e $dir/server.log ]]; then
+        mv "$dir/server.log" "$dir/server.log.$(date +%s%N)"
+    fi
     cat >"$dir/server.conf" <<CONF
 [server]
 hostname=127.0.0.1
