@@ -18,8 +18,13 @@ for target in "$build_dir"/tests/fuzz/fuzz_*; do
   rest=${name#fuzz_}
   seeds=$data/${rest%%_*}/corpus-${rest#*_}
   [ -d "$seeds" ] && cp -r "$seeds"/. "$corpus"/
-  echo "fuzzing $name for ${seconds}s" >&2
-  "$target" -max_total_time="$seconds" -print_final_stats=0 "$corpus" 2>"$work/$name.log" || {
+  # The TTLV decoder is small, so it gets at most 10 s to keep the CI run short.
+  limit=$seconds
+  if [ "$name" = fuzz_kmip_ttlv ] && [ "$limit" -gt 10 ]; then
+    limit=10
+  fi
+  echo "fuzzing $name for ${limit}s" >&2
+  "$target" -max_total_time="$limit" -print_final_stats=0 "$corpus" 2>"$work/$name.log" || {
     tail -n 40 "$work/$name.log" >&2
     echo "fuzz target $name failed" >&2
     exit 1
