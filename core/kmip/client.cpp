@@ -10,9 +10,9 @@ constexpr std::size_t aes256_key_bytes = 32;
 constexpr std::uint32_t tag_transparent_key = 0x42003F;
 constexpr std::uint32_t key_format_transparent_symmetric = 7;
 
-std::string describe_failure(Operation operation, std::uint32_t reason, const std::string& server_message)
+std::string describe_result(std::uint32_t reason, const std::string& server_message)
 {
-    std::string text = "KMIP " + to_string(operation) + " failed: " + result_reason_name(reason);
+    std::string text = result_reason_name(reason);
     if (!server_message.empty())
         text += " (server: \"" + server_message + "\")";
     return text;
@@ -74,7 +74,10 @@ SecureBytes aes256_key_from(const Item& symmetric_key)
 }  // namespace
 
 OperationFailed::OperationFailed(Operation operation, std::uint32_t reason, const std::string& server_message)
-    : std::runtime_error(describe_failure(operation, reason, server_message)), operation_(operation), reason_(reason)
+    : std::runtime_error("KMIP " + to_string(operation) + " failed: " + describe_result(reason, server_message)),
+      operation_(operation),
+      reason_(reason),
+      result_(describe_result(reason, server_message))
 {
 }
 

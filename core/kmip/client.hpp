@@ -27,10 +27,13 @@ public:
     OperationFailed(Operation operation, std::uint32_t reason, const std::string& server_message);
     Operation operation() const noexcept { return operation_; }
     std::uint32_t reason() const noexcept { return reason_; }
+    // "Permission Denied (server: \"Could not locate object: 1\")": the reason and the server's Result Message.
+    const std::string& result() const noexcept { return result_; }
 
 private:
     Operation operation_;
     std::uint32_t reason_;
+    std::string result_;
 };
 
 struct QueryResult {

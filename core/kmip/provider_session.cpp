@@ -19,25 +19,26 @@ void require_not_world_readable(const std::filesystem::path& path, const std::st
 
 }  // namespace
 
+std::string operation_failure_advice(std::uint32_t reason)
+{
+    switch (static_cast<ResultReason>(reason)) {
+    case ResultReason::permission_denied:
+        return "the client certificate's identity may not use this key (KMS servers such as PyKMIP give a key to "
+               "the identity that created it only), so use the client certificate that created it or ask the KMS "
+               "administrator for access";
+    case ResultReason::item_not_found:
+        return "the key does not exist on this KMS (destroyed, or created on another KMS)";
+    case ResultReason::authentication_not_successful:
+        return "check the client certificate, and the username and passwordFile of the provider";
+    default:
+        return {};
+    }
+}
+
 std::string explain_operation_failure(const OperationFailed& failure)
 {
-    std::string text = failure.what();
-    switch (static_cast<ResultReason>(failure.reason())) {
-    case ResultReason::permission_denied:
-        text += "; the client certificate's identity may not use this key (KMS servers such as PyKMIP give a key "
-                "to the identity that created it only), so use the client certificate that created it or ask the "
-                "KMS administrator for access";
-        break;
-    case ResultReason::item_not_found:
-        text += "; the key does not exist on this KMS (destroyed, or created on another KMS)";
-        break;
-    case ResultReason::authentication_not_successful:
-        text += "; check the client certificate, and the username and passwordFile of the provider";
-        break;
-    default:
-        break;
-    }
-    return text;
+    std::string advice = operation_failure_advice(failure.reason());
+    return std::string(failure.what()) + (advice.empty() ? "" : "; " + advice);
 }
 
 ProviderSession::ProviderSession(const KmsProvider& provider) : provider_(provider)
@@ -86,8 +87,9 @@ void ProviderSession::run(const std::string& description, const std::function<vo
                             " instead");
             return;
         } catch (const OperationFailed& e) {
+            std::string advice = operation_failure_advice(e.reason());
             throw KeyUnavailable("KMS provider \"" + provider_.id + "\", server " + server.address() + ": " +
-                                 explain_operation_failure(e));
+                                 description + " failed: " + e.result() + (advice.empty() ? "" : "; " + advice));
         } catch (const TransportError& e) {
             failures.push_back(server.address() + ": " + e.what());
         } catch (const TtlvError& e) {
@@ -102,8 +104,8 @@ void ProviderSession::run(const std::string& description, const std::function<vo
     for (const std::string& failure : failures)
         list += (list.empty() ? "" : "; ") + failure;
     throw KeyUnavailable("KMS provider \"" + provider_.id + "\": " + description + " failed on every server (" +
-                         list + "); check that the KMS is running and reachable, and the provider in " +
-                         "the KMS configuration");
+                         list + "); check that the KMS is running and reachable, and the provider's servers "
+                         "and CA in the KMS configuration");
 }
 
 }  // namespace vmcrypt::kmip

@@ -40,6 +40,9 @@ private:
     std::unique_ptr<TlsChannel> channel_;
 };
 
+// What to do about a KMIP Result Reason, or "" when there is no general advice.
+std::string operation_failure_advice(std::uint32_t reason);
+
 // A KMIP failure reply as one sentence with advice for the common reasons.
 std::string explain_operation_failure(const OperationFailed& failure);
 

@@ -328,8 +328,8 @@ struct TlsChannel::State final : Botan::TLS::Callbacks {
             chain, restrictions, roots, hostname, usage, std::chrono::system_clock::now(), Milliseconds(0), ocsp);
         if (!result.successful_validation())
             throw Botan::TLS::TLS_Exception(Botan::TLS::Alert::BAD_CERTIFICATE,
-                                            "the server certificate (subject \"" + certificate->subject +
-                                                "\", SHA-256 " + certificate->sha256_fingerprint +
+                                            "the server certificate (" + certificate->subject + ", SHA-256 " +
+                                                certificate->sha256_fingerprint +
                                                 ") is not trusted: " + result.result_string());
     }
 
@@ -348,7 +348,9 @@ struct TlsChannel::State final : Botan::TLS::Callbacks {
             client->received_data(buffer, got);
         } catch (const Botan::Exception& e) {
             Botan::secure_scrub_memory(buffer, sizeof buffer);
-            throw TransportError("TLS error " + step + ": " + e.what(), certificate);
+            throw TransportError((client->is_active() ? "TLS error " + step : std::string("TLS handshake failed")) +
+                                     ": " + e.what(),
+                                 certificate);
         }
         Botan::secure_scrub_memory(buffer, got);
         check_open(step);
@@ -427,15 +429,13 @@ SecureBytes TlsChannel::exchange(std::span<const std::uint8_t> request)
             expected = message_size_from_header(std::span<const std::uint8_t, 8>(state.received.data(), 8));
         if (expected != 0 && state.received.size() >= expected)
             break;
-        if (state.peer_closed || state.client->is_closed()) {
-            std::string got = std::to_string(state.received.size()) + " bytes";
-            throw TransportError("the server closed the connection in the middle of its reply (after " + got +
-                                     (expected ? " of " + std::to_string(expected) : std::string()) + ")",
+        std::string progress = "in the middle of the reply (after " + std::to_string(state.received.size()) +
+                               (expected ? " of " + std::to_string(expected) : std::string()) + " bytes)";
+        if (state.peer_closed || state.client->is_closed())
+            throw TransportError("the server closed the connection " +
+                                     (state.received.empty() ? std::string("without a reply") : progress),
                                  state.certificate);
-        }
-        state.receive_some(state.received.empty() ? "waiting for the reply"
-                                                  : "in the middle of the reply (after " +
-                                                        std::to_string(state.received.size()) + " bytes)");
+        state.receive_some(state.received.empty() ? "waiting for the reply" : progress);
     }
     if (state.received.size() > expected)
         throw TtlvError("the server sent " + std::to_string(state.received.size() - expected) +
