@@ -1,7 +1,7 @@
 // kms check: connects to every server of the configured KMS providers and reports what an administrator
-// must confirm before relying on them: the server certificate (subject, SHA-256 fingerprint), the TLS
-// cipher suite, the KMIP versions, and whether a test key can be created, activated, fetched, found by
-// name, revoked and destroyed.
+// must confirm before relying on them. That is the server certificate (subject, SHA-256 fingerprint),
+// the TLS cipher suite, the KMIP versions, and whether a test key can be created, activated, fetched,
+// found by name, revoked and destroyed.
 
 #include "core/error.hpp"
 #include "core/kmip/kms_config.hpp"

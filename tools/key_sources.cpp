@@ -66,8 +66,8 @@ KeySources make_key_sources(const KeyOptions& options, Operation operation)
         ::unsetenv("VMCRYPT_PASSPHRASE");
     }
 
-    // KMS keys: encrypt seals with the provider given; decrypt reads the provider from the disk's key slot
-    // and opens the KMS configuration only when it tries a kmip slot.
+    // KMS keys: encrypt seals with the provider given. Decrypt reads the provider from the disk's key slot,
+    // so it opens the KMS configuration only when it tries a kmip slot.
     const std::filesystem::path kms_config = options.kms_config ? std::filesystem::path(*options.kms_config)
                                                                 : kmip::default_kms_config_path();
     if (encrypting && options.kms_provider)

@@ -162,15 +162,15 @@ Item Client::run(Operation operation, Item request_payload)
     Response response = decode_response(reply);
 
     if (response.version.major != 1)
-        throw TtlvError("the server answered with KMIP " + response.version.to_string() + ", expected 1.x");
+        throw TtlvError("the server's response has KMIP version " + response.version.to_string() + ", expected 1.x");
     if (response.items.size() != 1)
-        throw TtlvError("the server answered one request with " + std::to_string(response.items.size()) +
+        throw TtlvError("the response to one request has " + std::to_string(response.items.size()) +
                         " batch items");
     ResponseBatchItem& item = response.items.front();
     if (item.status != ResultStatus::success)
         throw OperationFailed(operation, *item.reason, item.message);
     if (item.operation && *item.operation != static_cast<std::uint32_t>(operation))
-        throw TtlvError("the server answered " + to_string(operation) + " with the result of " +
+        throw TtlvError("the response to " + to_string(operation) + " carries the result of " +
                         to_string(static_cast<Operation>(*item.operation)));
     if (!item.payload)
         return Item::structure(tag::response_payload);

@@ -3,9 +3,9 @@
 // MessageChannel. Requests carry Protocol Version 1.1, no Time Stamp and, when configured, a Username and
 // Password credential.
 //
-// Errors: OperationFailed when the server answers with a failed Result Status (its reason and message
-// kept); TtlvError when the reply is malformed or does not match the request; the channel's own
-// exception (TransportError for TLS) when the conversation breaks.
+// Errors: OperationFailed when the response has a failed Result Status, with its reason and message.
+// TtlvError when the response is malformed or does not match the request. The channel's own exception
+// (TransportError for TLS) when the connection breaks.
 
 #include "core/kmip/messages.hpp"
 
@@ -17,7 +17,7 @@ namespace vmcrypt::kmip {
 class MessageChannel {
 public:
     virtual ~MessageChannel() = default;
-    // Sends one whole Request Message and returns the whole Response Message that answers it.
+    // Sends one whole Request Message and returns the whole Response Message to it.
     virtual SecureBytes exchange(std::span<const std::uint8_t> request) = 0;
 };
 

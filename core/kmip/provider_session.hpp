@@ -1,9 +1,9 @@
 #pragma once
 // Failover across the servers of one KMS provider. Each operation goes to the server of the current
-// connection; when that server cannot be reached, times out, breaks the connection or answers with a
-// malformed message, the operation is retried on the next server in the configured order, each server at
-// most once per operation. A server's KMIP failure reply (Permission Denied, Item Not Found, ...) is
-// final, because the servers of one provider serve the same keys.
+// connection. When that server cannot be reached, times out, breaks the connection or sends a malformed
+// reply, the operation is retried on the next server in the configured order, each server at most once
+// per operation. A server's KMIP failure reply (Permission Denied, Item Not Found, ...) is final, because
+// the servers of one provider serve the same keys.
 //
 // Errors: KeyUnavailable naming every server and what went wrong with it when none could do the
 // operation, or naming the server and the KMIP reason when a server refused it.

@@ -36,9 +36,9 @@ std::string seconds_text(Milliseconds timeout)
     return text;
 }
 
-// TLS 1.2 only (Botan 2 has no TLS 1.3), forward-secret key exchange only. AEAD suites come first; the
-// CBC suites with SHA-256/384 stay allowed because PyKMIP 0.10, and servers like it, offer no AEAD suite
-// for an RSA certificate.
+// TLS 1.2 only (Botan 2 has no TLS 1.3) with forward-secret key exchange only. AEAD suites come first.
+// The CBC suites with SHA-256/384 stay allowed because PyKMIP 0.10, and servers like it, offer no AEAD
+// suite for an RSA certificate.
 class KmipTlsPolicy final : public Botan::TLS::Policy {
 public:
     std::vector<std::string> allowed_ciphers() const override
@@ -131,7 +131,7 @@ std::vector<Botan::X509_Certificate> read_certificates(const std::filesystem::pa
         at = stop;
     }
     if (certificates.empty())
-        throw std::invalid_argument(path.string() + ": the " + what + " holds no PEM certificate (\"" + begin + "\")");
+        throw std::invalid_argument(path.string() + ": the " + what + " contains no PEM certificate (\"" + begin + "\")");
     return certificates;
 }
 

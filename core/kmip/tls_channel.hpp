@@ -20,7 +20,7 @@
 
 namespace vmcrypt::kmip {
 
-// What the server presented, recorded before the certificate check so that an untrusted certificate can
+// The server's certificate, recorded before the certificate check so that an untrusted certificate can
 // still be shown to an administrator.
 struct ServerCertificate {
     std::string subject;
@@ -30,7 +30,7 @@ struct ServerCertificate {
 };
 
 // The connection to one server failed: resolve, connect, time-out, TLS handshake or certificate check,
-// a closed connection. The message says which step failed and why, without the host (callers add it).
+// a closed connection. The message names the failed step and the cause but not the host, which callers add.
 class TransportError : public std::runtime_error {
 public:
     explicit TransportError(const std::string& message, std::optional<ServerCertificate> certificate = std::nullopt)

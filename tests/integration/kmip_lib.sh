@@ -9,9 +9,9 @@ KMIP_DIR="$TEST_TMP/kmip"
 KMIP_CERTS="$KMIP_DIR/certs"
 KMIP_SERVER_PIDS=()
 
-# Stops every PyKMIP server still running. SIGINT ends PyKMIP within about 2 s (SIGTERM waits for its
-# 10 s accept time-out); the server runs in its own process group with its helper processes, so the
-# signal goes to that group, whose id is the server's PID.
+# Stops every PyKMIP server still running. SIGINT ends PyKMIP 0.10 within about 2 s, while SIGTERM waits
+# for its 10 s accept time-out. The server and its helper processes run in a process group of their own
+# whose id is the server's PID, so the signal goes to that group.
 kmip_stop_all() {
     local pid
     for pid in "${KMIP_SERVER_PIDS[@]}"; do
@@ -121,7 +121,7 @@ CONF
     fail "test setup: pykmip-server $name did not start within 15 s: $(tail -n 5 "$dir/server.log" 2>/dev/null)"
 }
 
-# Stops the server with PID and forgets it.
+# Stops the server with PID and removes it from KMIP_SERVER_PIDS.
 kmip_stop_server() {
     local pid=$1 remaining=() other
     kmip_stop_pid "$pid"
@@ -163,7 +163,7 @@ kmip_slot_param() {
 }
 
 # Runs a Python snippet with a PyKMIP client (ProxyKmipClient as the identity CLIENT) connected to
-# 127.0.0.1:PORT; the snippet sees the client as `c`, the key UID as `uid` and kmip.core.enums as `enums`.
+# 127.0.0.1:PORT. The snippet gets the client as `c`, the key UID as `uid` and kmip.core.enums as `enums`.
 # Usage: kmip_python PORT CLIENT UID 'snippet'
 kmip_python() {
     local port=$1 client=$2 uid=$3 snippet=$4

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# KMS failures that must end in one clear error line, exit status 4 and unchanged disk files: a client
-# certificate of another owner (Permission Denied), an untrusted server certificate, a server name that
-# the certificate does not carry, and fake servers on 127.0.0.1 that close the connection mid-message,
-# send garbage, break TTLV, speak no TLS or never answer. kms check must show the certificate of an
-# untrusted server, and a broken first server must not stop the second from serving.
+# KMS failures that must end in one clear error line, exit status 4 and unchanged disk files. The cases
+# are a client certificate of another owner (Permission Denied), an untrusted server certificate, a
+# server name that the certificate does not carry, and fake servers on 127.0.0.1. These close the
+# connection mid-message, send garbage, break TTLV, speak no TLS or never reply. kms check must show the
+# certificate of an untrusted server, and a broken first server must not stop the second from serving.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/kmip_lib.sh"
@@ -77,7 +77,7 @@ grep -q "SHA-256:   $expected_fingerprint" <<<"$LAST_STDOUT" || fail "expected t
 
 # --- fake servers on 127.0.0.1 --------------------------------------------------------------------
 # Each behaviour listens on its own port: TLS servers with the trusted server certificate that break
-# the KMIP conversation, a plain TCP server that sends text, and servers that never answer.
+# the KMIP conversation, a plain TCP server that sends text, and servers that never reply.
 "$PYTHON" - "$KMIP_CERTS" "$TEST_TMP/fake-ports" <<'PY' >"$TEST_TMP/fake.log" 2>&1 &
 import os, socket, ssl, sys, threading, time
 

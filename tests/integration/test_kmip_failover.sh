@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Failover across the servers of one KMS provider: two PyKMIP servers share one key database. With the
-# first server stopped, encrypt and decrypt still work through the second; with both stopped, every
+# first server stopped, encrypt and decrypt still work through the second. With both stopped, every
 # command fails with exit status 4, names both servers, and leaves every disk file unchanged.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # KEKs from a real KMS: a PyKMIP server on 127.0.0.1 creates, activates and hands out the KEK of an
-# ext4 VMDK; encrypt then decrypt gives the original data back (qemu-img compare), the key slot names
-# provider and key, the KEK is in no file, an existing key is used only while Active, and a disk whose
-# key was revoked still decrypts.
+# ext4 VMDK. Encrypt then decrypt gives the original data back (qemu-img compare), and the key slot
+# names provider and key. The KEK is in no file. An existing key is used only while it is Active, and a
+# disk whose key was revoked still decrypts.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/kmip_lib.sh"
@@ -65,6 +65,23 @@ rm -f "$TEST_TMP/kek.bin"
 VMCRYPT_KMS_CONFIG="$config" expect_exit 0 "$VMCRYPT" decrypt "$disk"
 expect_same_as_raw "$disk" "$plain" "after decrypt with the KMS key"
 expect_qemu_check_clean "$disk" "after decrypt with a KMS key"
+
+# --- a crash after the journal exists: the same command resumes with the same KMS key --------------
+creates_before=$(grep -c "Processing operation: Create" "$KMIP_DIR/kms/server.log")
+code=0
+VMCRYPT_FAULT=journal-created "$VMCRYPT" encrypt --kms-config "$config" --kms-provider corp-kms "$disk" \
+    >/dev/null 2>&1 &
+# Without the redirection bash reports "Killed" for a command ended by SIGKILL.
+wait $! 2>/dev/null || code=$?
+[[ $code == 137 && -e $disk.vmcrypt-journal ]] ||
+    fail "expected encrypt to be killed at journal-created (137) with its journal left, got $code"
+expect_exit 0 "$VMCRYPT" encrypt --json --kms-config "$config" --kms-provider corp-kms "$disk"
+[[ $(json_value "$TEST_TMP/last.stdout" resumed) == true ]] || fail "expected the rerun to resume: $LAST_STDOUT"
+creates_after=$(grep -c "Processing operation: Create" "$KMIP_DIR/kms/server.log")
+[[ $creates_after == $((creates_before + 1)) ]] ||
+    fail "expected one KMS key for the killed and the resumed encrypt, the KMS saw $((creates_after - creates_before)) Create requests"
+expect_exit 0 "$VMCRYPT" decrypt --kms-config "$config" "$disk"
+expect_same_as_raw "$disk" "$plain" "after a resumed encrypt and a decrypt with the KMS key"
 
 # --- an existing key: used while Active, rejected with its state named otherwise -------------------
 expect_exit 0 "$VMCRYPT" encrypt --kms-config "$config" --kms-provider corp-kms --kms-key "$uid" "$disk"

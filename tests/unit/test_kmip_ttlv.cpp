@@ -1,6 +1,6 @@
-// The TTLV codec and the KMIP messages against captured PyKMIP 0.10 messages (tests/data/kmip/vectors.txt):
-// requests must encode to the captured bytes, every message must decode and re-encode unchanged, the
-// client must read the captured replies, and malformed input must raise TtlvError.
+// The TTLV codec and the KMIP messages against messages captured from PyKMIP 0.10 (tests/data/kmip/vectors.txt).
+// Requests must encode to the captured bytes, and every message must decode and re-encode unchanged.
+// The client must read the captured replies, and malformed input must raise TtlvError.
 
 #include "core/kmip/client.hpp"
 #include "core/kmip/messages.hpp"
@@ -354,7 +354,7 @@ TEST(KmipMalformed, NestingDeeperThanLimitIsRejected)
         nested = Item::structure(0x420020, {nested});
     EXPECT_THROW(encode(nested), TtlvError);
 
-    // Hand-build the same encoding so the decoder sees it.
+    // The encoder rejects this depth, so the decoder's input is built by hand.
     Bytes bytes = hex("42002002000000040000000100000000");
     for (std::size_t depth = 0; depth < max_nesting_depth; ++depth) {
         Bytes outer = hex("4200200100000000");
@@ -401,7 +401,7 @@ TEST(KmipMalformed, ResponseFrameIsChecked)
 
 TEST(KmipMalformed, ReplyToAnotherOperationIsRejected)
 {
-    // The Activate reply answers a Get request.
+    // The Activate reply comes back for a Get request.
     ReplayChannel channel(vector_named("Get uid=1 (request)"), vector_named("Activate (response)"));
     EXPECT_THROW(Client(channel).get_aes256_key("1"), TtlvError);
 }
