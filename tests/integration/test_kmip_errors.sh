@@ -191,6 +191,9 @@ hash_disk_files "$dir" >"$TEST_TMP/plain.hashes"
 chmod 644 "$KMIP_CERTS/client1.key"
 expect_exit 4 "$VMCRYPT" encrypt --kms-config "$config" --kms-provider corp "$disk"
 expect_stderr_contains "chmod o-rwx"
+expect_exit 4 "$VMCRYPT" --json kms check --kms-config "$config"
+json_value "$TEST_TMP/last.stdout" error | grep -q "chmod o-rwx" ||
+    fail "expected kms check to report the unsafe client key of the provider, got: $LAST_STDOUT"
 chmod 600 "$KMIP_CERTS/client1.key"
 
 "$PYTHON" - "$config" "$TEST_TMP/wrong-key.json" "$KMIP_CERTS/client2.key" <<'PY'
