@@ -38,8 +38,9 @@ free_port() {
     "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Creates in $KMIP_CERTS: a CA (ca.crt), a server certificate for 127.0.0.1 and localhost signed by it
-# (server.crt, RSA, so PyKMIP offers only CBC cipher suites), client certificates client1 and client2
+# Creates in $KMIP_CERTS: a CA (ca.crt), server certificates for 127.0.0.1 and localhost signed by it
+# (server.crt with an RSA key, for which PyKMIP offers only CBC cipher suites, and server-ec.crt with an
+# ECDSA P-256 key), client certificates client1 and client2
 # (ECDSA P-256, CN = the identity PyKMIP uses as key owner), and a second CA (rogue-ca.crt) with a server
 # certificate for 127.0.0.1 (rogue-server.crt) that vmcrypt must not trust.
 kmip_make_certs() {
@@ -65,6 +66,10 @@ extendedKeyUsage=clientAuth
 EXT
         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 30 \
+            -sha256 -extfile server.ext 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server-ec.key -out server-ec.csr \
+            -subj "/CN=127.0.0.1" 2>/dev/null
+        openssl x509 -req -in server-ec.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server-ec.crt -days 30 \
             -sha256 -extfile server.ext 2>/dev/null
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue-server.key \
             -out rogue-server.csr -subj "/CN=127.0.0.1" 2>/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Failover across the servers of one KMS provider: two PyKMIP servers share one key database. With the
+# Failover across the servers of one KMS provider: two PyKMIP servers share one key database, the first
+# with an RSA server certificate and the second with an ECDSA one. With the
 # first server stopped, encrypt and decrypt still work through the second. With both stopped, every
 # command fails with exit status 4, names both servers, and leaves every disk file unchanged.
 set -euo pipefail
@@ -11,11 +12,16 @@ port1=$(free_port)
 port2=$(free_port)
 kmip_start_server first "$port1" "$KMIP_DIR/shared.db"
 first_pid=$KMIP_PID
-kmip_start_server second "$port2" "$KMIP_DIR/shared.db"
+kmip_start_server second "$port2" "$KMIP_DIR/shared.db" server-ec
 second_pid=$KMIP_PID
 config="$TEST_TMP/kms.json"
 kmip_write_config "$config" cluster client1 "$port1" "$port2"
 export VMCRYPT_KMS_CONFIG="$config"
+
+# Both servers pass kms check, with an RSA and an ECDSA cipher suite.
+expect_exit 0 "$VMCRYPT" kms check
+grep -q "TLS:.*ECDHE_RSA_WITH_AES_" <<<"$LAST_STDOUT" || fail "expected an ECDHE_RSA suite with the first server: $LAST_STDOUT"
+grep -q "TLS:.*ECDHE_ECDSA_WITH_AES_" <<<"$LAST_STDOUT" || fail "expected an ECDHE_ECDSA suite with the second server: $LAST_STDOUT"
 
 # Disk A is encrypted while both servers run, so its key is created through the first server.
 dir_a="$TEST_TMP/a"
@@ -75,7 +81,7 @@ for folder in "$dir_a" "$dir_b" "$plain_dir"; do
 done
 
 # --- the second server comes back alone: the disks decrypt again ---------------------------------
-kmip_start_server second "$port2" "$KMIP_DIR/shared.db"
+kmip_start_server second "$port2" "$KMIP_DIR/shared.db" server-ec
 expect_exit 0 "$VMCRYPT" decrypt "$dir_a/disk.vmdk"
 expect_same_as_raw "$dir_a/disk.vmdk" "$TEST_TMP/a.raw" "after decrypt with only the second server back"
 expect_exit 0 "$VMCRYPT" decrypt "$dir_b/disk.vmdk"

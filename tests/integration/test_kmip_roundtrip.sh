@@ -61,8 +61,30 @@ for root in sys.argv[2:]:
 PY
 rm -f "$TEST_TMP/kek.bin"
 
+# --- a username and password credential, the password read from a private file ------------------
+# PyKMIP 0.10 accepts the credential without checking it, so this shows that requests carrying it work.
+printf 'kms password 1\n' >"$TEST_TMP/kms.password"
+chmod 640 "$TEST_TMP/kms.password"
+"$PYTHON" - "$config" "$TEST_TMP/credential.json" "$TEST_TMP/kms.password" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["providers"][0].update(username="vmcrypt", passwordFile=sys.argv[3])
+json.dump(config, open(sys.argv[2], "w"))
+PY
+chmod 644 "$TEST_TMP/kms.password"
+hash_disk_files "$dir" >"$TEST_TMP/encrypted.hashes"
+expect_exit 4 "$VMCRYPT" decrypt --kms-config "$TEST_TMP/credential.json" "$disk"
+expect_stderr_contains "every user can read this KMS password file"
+expect_contents_unchanged "$dir" "$TEST_TMP/encrypted.hashes" "decrypt with a readable password file"
+chmod 640 "$TEST_TMP/kms.password"
+expect_exit 0 "$VMCRYPT" inspect "$disk"
+[[ $LAST_STDOUT != *"kms password"* ]] || fail "the password showed up in the inspect output"
+
 # --- decrypt through the default configuration path (VMCRYPT_KMS_CONFIG) --------------------------
-VMCRYPT_KMS_CONFIG="$config" expect_exit 0 "$VMCRYPT" decrypt "$disk"
+VMCRYPT_KMS_CONFIG="$TEST_TMP/credential.json" expect_exit 0 "$VMCRYPT" -vv decrypt "$disk"
+if grep -q "kms password" "$TEST_TMP/last.stderr" "$TEST_TMP/last.stdout"; then
+    fail "the KMS password showed up in the output of decrypt -vv"
+fi
 expect_same_as_raw "$disk" "$plain" "after decrypt with the KMS key"
 expect_qemu_check_clean "$disk" "after decrypt with a KMS key"
 
