@@ -14,8 +14,10 @@ namespace {
 
 constexpr std::size_t secret_key_size = 32;
 
-// QEMU's id_wellformed(): a letter, then ASCII letters, digits, '-', '.' and '_'.
-bool is_qemu_identifier(std::string_view id)
+
+}  // namespace
+
+bool is_qemu_object_id(std::string_view id)
 {
     const auto is_letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
     if (id.empty() || !is_letter(id.front()))
@@ -24,8 +26,6 @@ bool is_qemu_identifier(std::string_view id)
         return is_letter(c) || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
     });
 }
-
-}  // namespace
 
 SecureBytes derive_qemu_secret(const SecureBytes& dek)
 {
@@ -45,7 +45,7 @@ SecureBytes derive_qemu_secret(const SecureBytes& dek)
 
 SecureBytes qemu_secret_object(const SecureBytes& secret, std::string_view id)
 {
-    if (!is_qemu_identifier(id))
+    if (!is_qemu_object_id(id))
         throw std::invalid_argument("qemu_secret_object: \"" + std::string(id) +
                                     "\" is not a QEMU object id (a letter, then letters, digits, '-', '.' and '_')");
     constexpr std::string_view prefix = "secret,id=";

@@ -17,6 +17,10 @@ inline constexpr std::string_view qemu_secret_label = "vmcrypt qemu luks secret 
 // std::invalid_argument on an empty DEK.
 SecureBytes derive_qemu_secret(const SecureBytes& dek);
 
+// True when `id` is a valid QEMU object id: an ASCII letter, then letters, digits, '-', '.' and '_' (QEMU's
+// id_wellformed). A command line can check --id with it and report a usage error.
+bool is_qemu_object_id(std::string_view id);
+
 // "secret,id=ID,data=TEXT": the argument of QEMU's --object option for `secret`. Throws
 // std::invalid_argument unless id is a QEMU object id (a letter, then letters, digits, '-', '.', '_').
 SecureBytes qemu_secret_object(const SecureBytes& secret, std::string_view id);

@@ -350,6 +350,10 @@ TEST(QemuSecret, RejectsBadObjectId)
     EXPECT_THROW(qemu_secret_object(secret, ""), std::invalid_argument);
     EXPECT_THROW(qemu_secret_object(secret, "sec0,data=x"), std::invalid_argument);
     EXPECT_THROW(qemu_secret_object(secret, "0sec"), std::invalid_argument);
+    EXPECT_TRUE(is_qemu_object_id("sec0"));
+    EXPECT_TRUE(is_qemu_object_id("disk-1.key_a"));
+    EXPECT_FALSE(is_qemu_object_id("sec 0"));
+    EXPECT_FALSE(is_qemu_object_id("_sec"));
 }
 
 }  // namespace
