@@ -50,6 +50,7 @@ int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions
         nlohmann::json result = {{"schema", "vmcrypt-consolidate/1"},
                                  {"command", "consolidate-snapshots"},
                                  {"dryRun", report.dry_run},
+                                 {"strategy", report.strategy},
                                  {"resumed", report.resumed},
                                  {"disk", report.disk},
                                  {"top", report.top},
@@ -74,6 +75,11 @@ int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions
         std::printf("%s: would merge %zu snapshot%s into %s%s\n", report.top.c_str(), report.merged.size(),
                     report.merged.size() == 1 ? "" : "s", report.disk.c_str(),
                     report.resumed ? " (finishing an interrupted merge)" : "");
+        if (report.strategy == "stream")
+            std::printf("  strategy: stream (copy the data below the top into the top, then rename the top to "
+                        "the base's name)\n");
+        else
+            std::printf("  strategy: commit (copy the snapshots' data into the base)\n");
         if (!report.resumed)
             std::printf("  bytes to copy: %s (%llu bytes), zeroed: %s\n", format_bytes(report.data_bytes).c_str(),
                         static_cast<unsigned long long>(report.data_bytes), format_bytes(report.zero_bytes).c_str());
@@ -84,8 +90,10 @@ int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions
         print_list(".vmsd snapshot lists to empty", report.vmsd_files);
         return 0;
     }
-    std::printf("%s: the disk is now %s (%zu snapshot%s merged%s)\n", report.top.c_str(), report.disk.c_str(),
-                report.merged.size(), report.merged.size() == 1 ? "" : "s", report.resumed ? ", resumed" : "");
+    std::printf("%s: the disk is now %s (%zu snapshot%s merged%s%s)\n", report.top.c_str(), report.disk.c_str(),
+                report.merged.size(), report.merged.size() == 1 ? "" : "s",
+                report.strategy == "stream" ? " by streaming into the top, renamed to the base's name" : "",
+                report.resumed ? ", resumed" : "");
     print_list("removed", report.removed_files);
     print_list("removed from other branches", report.branch_files);
     print_list("repointed to the base", report.vmx_files);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fcntl.h>
 #include <optional>
 #include <unistd.h>
@@ -152,7 +153,7 @@ std::vector<std::pair<std::string, std::uint64_t>> BaseWriter::sparse_file_sizes
     std::vector<std::pair<std::string, std::uint64_t>> sizes;
     for (const auto& target : targets_)
         if (target->kind == Target::Kind::sparse)
-            sizes.emplace_back(target->file->path().string(), target->file->size());
+            sizes.emplace_back(std::filesystem::weakly_canonical(target->file->path()).string(), target->file->size());
     return sizes;
 }
 
@@ -366,7 +367,8 @@ void BaseWriter::write(const std::vector<GuestRun>& runs, const std::function<vo
 std::uint64_t BaseWriter::trim_unreferenced_grains(const std::string& file_path, std::uint64_t original_size)
 {
     for (auto& target : targets_) {
-        if (target->kind != Target::Kind::sparse || target->file->path().string() != file_path)
+        if (target->kind != Target::Kind::sparse ||
+            std::filesystem::weakly_canonical(target->file->path()).string() != file_path)
             continue;
         std::uint64_t needed = std::max(original_size, target->header.overhead * 512);
         for (std::uint64_t grain = 0; grain < target->tables->grain_count(); ++grain) {

@@ -40,11 +40,12 @@ public:
     void write(const std::vector<GuestRun>& runs, const std::function<void(const GuestRun&)>& on_run);
 
     // Cuts off grains that an interrupted write appended to a sparse extent file but never entered into
-    // a grain table. The file is truncated to the larger of its size before the first run
-    // (`original_size`) and the end of its last referenced grain. Returns the bytes removed.
+    // a grain table. The file (`file_path`, canonical) is truncated to the larger of its size before the
+    // first run (`original_size`) and the end of its last referenced grain. Returns the bytes removed.
     std::uint64_t trim_unreferenced_grains(const std::string& file_path, std::uint64_t original_size);
 
-    // The sparse extent files with their current sizes (bytes), to record before the first write.
+    // The sparse extent files (canonical paths) with their current sizes in bytes, to record before the
+    // first write.
     std::vector<std::pair<std::string, std::uint64_t>> sparse_file_sizes() const;
 
     struct Target;  // one extent of the base, defined in base_writer.cpp

@@ -10,6 +10,7 @@
 #include "core/log.hpp"
 #include "formats/vmdk/base_writer.hpp"
 #include "formats/vmdk/consolidate_intent.hpp"
+#include "formats/vmdk/merge_stream.hpp"
 #include "formats/vmdk/vmx_file.hpp"
 
 #include <algorithm>
@@ -48,12 +49,11 @@ std::uint32_t new_content_id(std::uint32_t old_cid, std::size_t digits)
     }
 }
 
-// The base descriptor with `cid` as its CID (and as the last 8 digits of ddb.longContentID, which
-// VMware keeps equal to the CID), as a metadata write of the whole descriptor area or file.
-MetadataWrite cid_update(VmdkDisk& base, const std::string& cid)
+}  // namespace
+
+Descriptor descriptor_with_cid(const Descriptor& descriptor, const std::string& cid)
 {
-    Descriptor updated = base.descriptor();
-    std::string old_text = updated.serialize();
+    Descriptor updated = descriptor;
     std::optional<std::string> old_cid = updated.value("CID");
     std::string written = cid;
     if (old_cid && old_cid->size() < written.size())
@@ -61,6 +61,17 @@ MetadataWrite cid_update(VmdkDisk& base, const std::string& cid)
     updated.replace_value("CID", written);
     if (std::optional<std::string> long_id = updated.value("ddb.longContentID"); long_id && long_id->size() == 32)
         updated.replace_value("ddb.longContentID", long_id->substr(0, 24) + cid);
+    return updated;
+}
+
+namespace {
+
+// The base descriptor with `cid` (see descriptor_with_cid()), as a metadata write of the whole
+// descriptor area or file.
+MetadataWrite cid_update(VmdkDisk& base, const std::string& cid)
+{
+    std::string old_text = base.descriptor().serialize();
+    Descriptor updated = descriptor_with_cid(base.descriptor(), cid);
 
     MetadataWrite write;
     write.file_index = 0;
@@ -127,6 +138,7 @@ std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> find_intent(c
 ConsolidateReport report_of(const ConsolidateIntent& intent)
 {
     ConsolidateReport report;
+    report.strategy = intent.strategy == MergeStrategy::commit ? "commit" : "stream";
     report.disk = intent.base;
     report.top = intent.top;
     report.merged.assign(intent.deltas.rbegin(), intent.deltas.rend());
@@ -188,14 +200,32 @@ namespace {
 
 // After the commit point: new base CID, .vmx and .vmsd, removal of the merged deltas and the intent.
 // Every step checks what is done already, so a re-run after a crash anywhere here finishes the job.
-void finish_switch(VmdkDisk& base, const ConsolidateIntent& intent, const std::filesystem::path& intent_path)
+void finish_switch(const ConsolidateIntent& intent, const std::filesystem::path& intent_path)
 {
-    std::optional<std::uint32_t> cid = base.descriptor().cid();
-    if (!cid || format_content_id(*cid) != intent.new_cid) {
-        base.apply(cid_update(base, intent.new_cid));
-        log_info(intent.base + ": CID set to " + intent.new_cid);
+    std::error_code exists_error;
+    if (intent.strategy == MergeStrategy::commit) {
+        std::unique_ptr<ChainMember> base = ChainMember::open(intent.base, Access::read_write);
+        VmdkDisk* disk = base->disk();
+        if (!disk)
+            throw InvalidInput(intent.base + ": the base named by " + intent_path.string() + " is not a base disk");
+        std::optional<std::uint32_t> cid = disk->descriptor().cid();
+        if (!cid || format_content_id(*cid) != intent.new_cid) {
+            disk->apply(cid_update(*disk, intent.new_cid));
+            log_info(intent.base + ": CID set to " + intent.new_cid);
+        }
+        fault_point("consolidate-cid-written");
+    } else if (std::filesystem::exists(intent.top, exists_error)) {
+        // The top becomes the disk: it gets the base's descriptor with the new CID, then the base's name.
+        // Until the rename the base is untouched, and after it the top's name is gone, so a re-run sees
+        // from the files which of the two steps is left.
+        write_descriptor_area(intent.top, intent.top_descriptor);
+        fault_point("consolidate-cid-written");
+        std::filesystem::rename(intent.top, intent.base);
+        sync_directory(folder_of(intent.base));
+        sync_directory(folder_of(intent.top));
+        log_info(intent.top + ": renamed to " + intent.base + ", which now has CID " + intent.new_cid);
+        fault_point("consolidate-top-renamed");
     }
-    fault_point("consolidate-cid-written");
 
     for (const std::string& vmx : intent.vmx_files) {
         std::error_code error;
@@ -225,8 +255,6 @@ void finish_switch(VmdkDisk& base, const ConsolidateIntent& intent, const std::f
 void copy_and_switch(SnapshotChain& chain, ConsolidateIntent intent, const std::filesystem::path& intent_path,
                      const ConsolidateOptions& options, bool resumed)
 {
-    VmdkDisk& base = *chain.members.front()->disk();
-
     // Other branches go first: they read the base, which is about to change.
     for (const std::string& file : intent.branch_files) {
         std::error_code error;
@@ -235,12 +263,13 @@ void copy_and_switch(SnapshotChain& chain, ConsolidateIntent intent, const std::
     }
     chain.branches.clear();
 
-    std::vector<std::vector<GuestRun>> layers;
-    for (std::size_t i = 1; i < chain.members.size(); ++i)
-        layers.push_back(chain.members[i]->delta_runs());
-    std::vector<GuestRun> runs = overlay_layers(layers);
+    bool stream = intent.strategy == MergeStrategy::stream;
+    std::vector<GuestRun> runs = stream ? stream_runs(chain) : commit_runs(chain);
+    VmdkDisk* target = stream ? chain.members.back()->disk() : chain.members.front()->disk();
+    if (!target)
+        throw Error(ExitCode::failure, intent.base + ": the merge target is not a hosted disk");
 
-    BaseWriter writer(base);
+    BaseWriter writer(*target);
     if (resumed)
         for (const auto& [file, size] : intent.sparse_file_sizes)
             if (std::uint64_t trimmed = writer.trim_unreferenced_grains(file, size))
@@ -255,17 +284,19 @@ void copy_and_switch(SnapshotChain& chain, ConsolidateIntent intent, const std::
             options.on_progress(done, total);
         fault_point("consolidate-run-copied");
         if (options.stop_requested && options.stop_requested->load())
-            throw Interrupted(intent.top + ": stopped while copying into " + intent.base +
+            throw Interrupted(intent.top + ": stopped while merging into " + (stream ? intent.top : intent.base) +
                               "; the chain still reads as before, and re-running the command resumes the merge");
     });
     fault_point("consolidate-copied");
 
-    // COMMIT POINT: the base contains the top's state durably; from here a re-run finishes the switch.
+    // COMMIT POINT: the target (the base for commit, the top for stream) contains the current state
+    // durably and on its own. From here a re-run finishes the switch.
     intent.phase = ConsolidatePhase::switch_metadata;
     write_consolidate_intent(intent_path, intent);
     fault_point("consolidate-switch-recorded");
 
-    finish_switch(base, intent, intent_path);
+    chain = SnapshotChain{};  // closes the files before the switch reopens what it changes
+    finish_switch(intent, intent_path);
 }
 
 ConsolidateReport resume(const std::filesystem::path& intent_path, ConsolidateIntent intent,
@@ -280,10 +311,7 @@ ConsolidateReport resume(const std::filesystem::path& intent_path, ConsolidateIn
     log_info(intent_path.string() + ": resuming an interrupted merge");
 
     if (intent.phase == ConsolidatePhase::switch_metadata) {
-        std::unique_ptr<ChainMember> base = ChainMember::open(intent.base, Access::read_write);
-        if (!base->disk())
-            throw InvalidInput(intent.base + ": the base named by " + intent_path.string() + " is not a base disk");
-        finish_switch(*base->disk(), intent, intent_path);
+        finish_switch(intent, intent_path);
         return report;
     }
 
@@ -388,11 +416,26 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
     intent.new_cid = format_content_id(new_content_id(*old_cid, digits));
     cid_update(*base, intent.new_cid);  // throws now if the descriptor cannot take it
 
-    std::vector<std::vector<GuestRun>> layers;
-    for (std::size_t i = 1; i < chain.members.size(); ++i)
-        layers.push_back(chain.members[i]->delta_runs());
-    BaseWriter writer(*base);
-    BaseWriteEstimate estimate = writer.check(overlay_layers(layers));
+    // Stream when it copies less: then the top is the target and its own files are kept.
+    std::vector<GuestRun> runs = commit_runs(chain);
+    std::string stream_reason;
+    if (auto area = stream_descriptor_area(chain, intent.new_cid, stream_reason)) {
+        std::vector<GuestRun> streamed = stream_runs(chain);
+        if (data_bytes_of(streamed) < data_bytes_of(runs)) {
+            intent.strategy = MergeStrategy::stream;
+            intent.top_descriptor = std::move(*area);
+            runs = std::move(streamed);
+            std::vector<std::string> top_files = file_paths(top_member);
+            std::erase_if(intent.remove_files, [&](const std::string& file) {
+                return std::find(top_files.begin(), top_files.end(), file) != top_files.end();
+            });
+        }
+    } else {
+        log_debug(intent.top + ": merging into the base, because " + stream_reason);
+    }
+    VmdkDisk* target = intent.strategy == MergeStrategy::stream ? top_member.disk() : base;
+    BaseWriter writer(*target);
+    BaseWriteEstimate estimate = writer.check(runs);
     intent.sparse_file_sizes = writer.sparse_file_sizes();
 
     ConsolidateReport report = report_of(intent);

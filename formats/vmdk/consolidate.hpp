@@ -32,6 +32,7 @@ struct ConsolidateOptions {
 };
 
 struct ConsolidateReport {
+    std::string strategy;                    // "commit" (deltas into the base) or "stream" (into the top)
     std::string disk;                        // the base descriptor: the file that is the disk now
     std::string top;                         // the newest snapshot, whose state the base now contains
     std::vector<std::string> merged;         // delta descriptors merged, newest first
@@ -51,6 +52,10 @@ struct ConsolidateReport {
 // Merges (or, with dry_run, plans) the chain of `disk`, or resumes an interrupted merge of it. Throws
 // vmcrypt::Error subclasses; an error before the intent file exists leaves every file unchanged.
 ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const ConsolidateOptions& options);
+
+// The descriptor with `cid` as its CID, written with as many digits as the old value, and as the last 8
+// digits of a 32-digit ddb.longContentID, which VMware keeps equal to the CID. No other byte changes.
+Descriptor descriptor_with_cid(const Descriptor& descriptor, const std::string& cid);
 
 // The intent file of a base disk.
 std::filesystem::path consolidate_intent_path(const std::filesystem::path& base);

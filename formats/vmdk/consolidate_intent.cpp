@@ -21,6 +21,35 @@ std::filesystem::path comparable(const std::filesystem::path& path)
     return error ? path.lexically_normal() : canonical;
 }
 
+std::string encode_hex(const std::vector<std::uint8_t>& bytes)
+{
+    static const char digits[] = "0123456789abcdef";
+    std::string text;
+    text.reserve(bytes.size() * 2);
+    for (std::uint8_t byte : bytes) {
+        text += digits[byte >> 4];
+        text += digits[byte & 0xf];
+    }
+    return text;
+}
+
+std::vector<std::uint8_t> decode_hex(const std::string& text, const std::filesystem::path& path)
+{
+    auto digit = [&](char c) -> std::uint8_t {
+        if (c >= '0' && c <= '9')
+            return static_cast<std::uint8_t>(c - '0');
+        if (c >= 'a' && c <= 'f')
+            return static_cast<std::uint8_t>(c - 'a' + 10);
+        throw InvalidInput(path.string() + ": topDescriptorHex: not lower-case hex digits; the intent file is damaged");
+    };
+    if (text.size() % 2 != 0)
+        throw InvalidInput(path.string() + ": topDescriptorHex: odd number of hex digits; the intent file is damaged");
+    std::vector<std::uint8_t> bytes(text.size() / 2);
+    for (std::size_t i = 0; i < bytes.size(); ++i)
+        bytes[i] = static_cast<std::uint8_t>(digit(text[2 * i]) << 4 | digit(text[2 * i + 1]));
+    return bytes;
+}
+
 }  // namespace
 
 bool ConsolidateIntent::mentions(const std::filesystem::path& path) const
@@ -51,6 +80,13 @@ std::optional<ConsolidateIntent> read_consolidate_intent(const std::filesystem::
             intent.phase = ConsolidatePhase::switch_metadata;
         else
             throw InvalidInput(path.string() + ": phase: \"" + phase + "\" is neither \"copy\" nor \"switch\"");
+        std::string strategy = json.at("strategy").get<std::string>();
+        if (strategy == "commit")
+            intent.strategy = MergeStrategy::commit;
+        else if (strategy == "stream")
+            intent.strategy = MergeStrategy::stream;
+        else
+            throw InvalidInput(path.string() + ": strategy: \"" + strategy + "\" is neither \"commit\" nor \"stream\"");
         intent.base = json.at("base").get<std::string>();
         intent.top = json.at("top").get<std::string>();
         intent.deltas = json.at("deltas").get<std::vector<std::string>>();
@@ -59,6 +95,7 @@ std::optional<ConsolidateIntent> read_consolidate_intent(const std::filesystem::
         intent.vmx_files = json.at("vmxFiles").get<std::vector<std::string>>();
         intent.old_cid = json.at("oldCid").get<std::string>();
         intent.new_cid = json.at("newCid").get<std::string>();
+        intent.top_descriptor = decode_hex(json.at("topDescriptorHex").get<std::string>(), path);
         for (const nlohmann::json& entry : json.at("sparseFileSizes"))
             intent.sparse_file_sizes.emplace_back(entry.at("file").get<std::string>(),
                                                   entry.at("size").get<std::uint64_t>());
@@ -78,6 +115,8 @@ void write_consolidate_intent(const std::filesystem::path& path, const Consolida
     nlohmann::json json = {
         {"schema", schema},
         {"phase", intent.phase == ConsolidatePhase::copy ? "copy" : "switch"},
+        {"strategy", intent.strategy == MergeStrategy::commit ? "commit" : "stream"},
+        {"topDescriptorHex", encode_hex(intent.top_descriptor)},
         {"base", intent.base},
         {"top", intent.top},
         {"deltas", intent.deltas},

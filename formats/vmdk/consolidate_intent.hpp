@@ -13,8 +13,15 @@ namespace vmcrypt::vmdk {
 
 enum class ConsolidatePhase { copy, switch_metadata };
 
+// Which way the data moves. QEMU names the two block jobs the same way.
+enum class MergeStrategy {
+    commit,  // the deltas' data is copied into the base
+    stream,  // the data below the top is copied into the top, which then replaces the base file
+};
+
 struct ConsolidateIntent {
     ConsolidatePhase phase = ConsolidatePhase::copy;
+    MergeStrategy strategy = MergeStrategy::commit;
     std::string base;                       // base descriptor, absolute
     std::string top;                        // newest delta descriptor, absolute
     std::vector<std::string> deltas;        // delta descriptors, base side first
@@ -23,7 +30,8 @@ struct ConsolidateIntent {
     std::vector<std::string> vmx_files;     // .vmx files to repoint from top to base
     std::string old_cid;
     std::string new_cid;
-    std::vector<std::pair<std::string, std::uint64_t>> sparse_file_sizes;  // base sparse extents before the copy
+    std::vector<std::pair<std::string, std::uint64_t>> sparse_file_sizes;  // target sparse extents before the copy
+    std::vector<std::uint8_t> top_descriptor;  // stream: the top's new embedded descriptor area
 
     // Whether `path` is one of the files this intent is about.
     bool mentions(const std::filesystem::path& path) const;

@@ -47,6 +47,25 @@ void split_at(std::map<std::uint64_t, GuestRun>& map, std::uint64_t offset)
 
 }  // namespace
 
+std::vector<GuestRun> remove_covered(const std::vector<GuestRun>& runs, const std::vector<GuestRun>& cover)
+{
+    std::map<std::uint64_t, GuestRun> map;
+    for (const GuestRun& run : runs)
+        map.emplace(run.guest_offset, run);
+    for (const GuestRun& hole : cover) {
+        std::uint64_t end = hole.guest_offset + hole.length;
+        split_at(map, hole.guest_offset);
+        split_at(map, end);
+        map.erase(map.lower_bound(hole.guest_offset), map.lower_bound(end));
+    }
+
+    std::vector<GuestRun> result;
+    result.reserve(map.size());
+    for (const auto& [offset, run] : map)
+        append_guest_run(result, run);
+    return result;
+}
+
 std::vector<GuestRun> overlay_layers(const std::vector<std::vector<GuestRun>>& layers)
 {
     std::map<std::uint64_t, GuestRun> map;  // keyed by guest_offset; runs never overlap

@@ -27,6 +27,10 @@ struct GuestRun {
 // the newest wins. Returns runs in guest order, neighbours that continue each other merged.
 std::vector<GuestRun> overlay_layers(const std::vector<std::vector<GuestRun>>& layers);
 
+// Returns the parts of `runs` that no run of `cover` overlaps. Both lists are in guest order without
+// overlaps of their own.
+std::vector<GuestRun> remove_covered(const std::vector<GuestRun>& runs, const std::vector<GuestRun>& cover);
+
 // Appends `run`, or extends the last run when `run` continues it in guest bytes, kind, file and host
 // bytes. Runs must be appended in guest order.
 void append_guest_run(std::vector<GuestRun>& runs, const GuestRun& run);

@@ -99,6 +99,26 @@ expect_files_gone "$dir"/base-0000{01..10}.vmdk
 expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/depth10.raw" "after consolidating a depth-10 chain"
 expect_encrypt_roundtrip "$dir/base.vmdk" "$TEST_TMP/depth10.raw"
 
+# Depth 2 whose top stores more than the disks below it: the data below the top is streamed into the
+# top, which then replaces the base file. The base keeps its descriptor, except the new CID.
+dir="$TEST_TMP/stream"
+top=$(make_snapshot_chain "$dir" monolithicSparse 64M 2 zeroed_grain=on)
+qemu-io -f vmdk -c "write -P 0x61 0 32M" -c "write -z 2M 128k" "$top" >/dev/null
+echo 'scsi0:0.fileName = "base-000002.vmdk"' >"$dir/vm.vmx"
+export_chain_raw "$top" "$TEST_TMP/stream.raw"
+read_descriptor "$dir/base.vmdk" >"$TEST_TMP/stream-descriptor.before"
+expect_exit 0 "$VMCRYPT" consolidate-snapshots "$top"
+grep -q "by streaming into the top" <<<"$LAST_STDOUT" || fail "expected a stream merge, got: $LAST_STDOUT"
+expect_files_gone "$dir/base-000001.vmdk" "$dir/base-000002.vmdk"
+read_descriptor "$dir/base.vmdk" >"$TEST_TMP/stream-descriptor.after"
+diff <(grep -v '^CID=' "$TEST_TMP/stream-descriptor.before") <(grep -v '^CID=' "$TEST_TMP/stream-descriptor.after") ||
+    fail "expected the base's descriptor to keep every line but CID after a stream merge"
+cmp -s "$TEST_TMP/stream-descriptor.before" "$TEST_TMP/stream-descriptor.after" &&
+    fail "expected the base's CID to change after a stream merge"
+grep -qx 'scsi0:0.fileName = "base.vmdk"' "$dir/vm.vmx" || fail "expected vm.vmx to name base.vmdk: $(cat "$dir/vm.vmx")"
+expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/stream.raw" "after a stream merge"
+expect_encrypt_roundtrip "$dir/base.vmdk" "$TEST_TMP/stream.raw"
+
 # Depth 3 over a twoGbMaxExtentSparse base that spans two extents, with a write across the extent
 # boundary in the top.
 dir="$TEST_TMP/split"

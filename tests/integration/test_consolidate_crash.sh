@@ -9,11 +9,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/consolidate_lib.sh"
 
+# A chain whose deltas store less than its base: merged by commit, into the base.
 template="$TEST_TMP/template"
 top_name=base-000003.vmdk
 make_snapshot_chain "$template" monolithicSparse 64M 3 zeroed_grain=on >/dev/null
 echo "scsi0:0.fileName = \"$top_name\"" >"$template/vm.vmx"
-export_chain_raw "$template/$top_name" "$TEST_TMP/expected.raw"
+expected_raw="$TEST_TMP/expected.raw"
+export_chain_raw "$template/$top_name" "$expected_raw"
 
 # A second template with another branch, for the fault points that remove branch files.
 branch_template="$TEST_TMP/branch-template"
@@ -28,14 +30,16 @@ cp -a "$template" "$branch_template"
 run=0
 
 # Checks that the state a kill left reads as the top did: through the top before the commit point,
-# through the base after it.
+# through the base after it. A stream merge makes the top stand alone at the commit point and renames
+# it over the base later, so until that rename the top still reads the current state.
 expect_state_readable() {
     local dir=$1 context=$2
     local intent="$dir/base.vmdk.vmcrypt-consolidate"
-    if [[ -e $intent ]] && grep -q '"phase": "switch"' "$intent"; then
-        expect_same_as_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "$context (after the commit point)"
+    if [[ -e $intent ]] && grep -q '"phase": "switch"' "$intent" &&
+        ! { grep -q '"strategy": "stream"' "$intent" && [[ -e $dir/$top_name ]]; }; then
+        expect_same_as_raw "$dir/base.vmdk" "$expected_raw" "$context (after the commit point)"
     elif [[ -e $dir/$top_name ]]; then
-        expect_same_as_raw "$dir/$top_name" "$TEST_TMP/expected.raw" "$context (before the commit point)"
+        expect_same_as_raw "$dir/$top_name" "$expected_raw" "$context (before the commit point)"
     else
         fail "$context: neither a switch-phase intent file nor the top $top_name exists: $(ls "$dir")"
     fi
@@ -52,7 +56,7 @@ expect_resumed() {
     if ((had_intent)) && ! grep -q "resumed" <<<"$LAST_STDOUT"; then
         fail "$context: expected the re-run to say it resumed, got: $LAST_STDOUT"
     fi
-    expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "$context, resumed"
+    expect_disk_equals_raw "$dir/base.vmdk" "$expected_raw" "$context, resumed"
     expect_files_gone "$dir"/base-0*.vmdk "$dir/base.vmdk.vmcrypt-consolidate" "$dir"/other-*.vmdk
     grep -qx 'scsi0:0.fileName = "base.vmdk"' "$dir/vm.vmx" ||
         fail "$context: expected vm.vmx to name base.vmdk after the resume: $(cat "$dir/vm.vmx")"
@@ -62,7 +66,9 @@ expect_resumed() {
 crash_at() {
     local name=$1 count=$2 action=$3 source=${4:-$template}
     local options=()
-    [[ $source == "$branch_template" ]] && options=(--delete-other-branches)
+    if [[ $source == "$branch_template" ]]; then
+        options=(--delete-other-branches)
+    fi
     run=$((run + 1))
     local dir="$TEST_TMP/run$run" context="fault $name:$count:$action"
     cp -a "$source" "$dir"
@@ -102,6 +108,34 @@ crash_at consolidate-run-copied 4 kill "$branch_template"
 crash_at consolidate-run-copied 3 eio
 crash_at consolidate-delta-file-removed 2 eio
 
+# A chain whose top stores more than the disks below it: merged by stream, into the top, which then
+# replaces the base file.
+stream_template="$TEST_TMP/stream-template"
+make_snapshot_chain "$stream_template" monolithicSparse 64M 2 zeroed_grain=on >/dev/null
+rm "$stream_template/base-000002.vmdk"
+(
+    cd "$stream_template"
+    qemu-img create -q -f vmdk -o zeroed_grain=on -b base-000001.vmdk -F vmdk base-000002.vmdk
+    qemu-img create -q -f vmdk -o zeroed_grain=on -b base-000002.vmdk -F vmdk "$top_name"
+    qemu-io -f vmdk -c "write -P 0x51 0 24M" -c "write -z 1M 64k" -c "write -P 0x52 40M 8M" "$top_name" >/dev/null
+)
+echo "scsi0:0.fileName = \"$top_name\"" >"$stream_template/vm.vmx"
+expect_exit 0 "$VMCRYPT" consolidate-snapshots --json --dry-run "$stream_template/$top_name"
+grep -q '"strategy": "stream"' <<<"$LAST_STDOUT" || fail "test setup: expected a stream plan, got: $LAST_STDOUT"
+expected_raw="$TEST_TMP/stream-expected.raw"
+export_chain_raw "$stream_template/$top_name" "$expected_raw"
+
+crash_at consolidate-intent-written 1 kill "$stream_template"
+for count in 1 2 3; do
+    crash_at consolidate-run-copied "$count" kill "$stream_template"
+done
+for point in consolidate-batch-synced consolidate-copied consolidate-switch-recorded consolidate-cid-written \
+    consolidate-top-renamed consolidate-vmx-updated; do
+    crash_at "$point" 1 kill "$stream_template"
+done
+crash_at consolidate-delta-file-removed 2 kill "$stream_template"
+crash_at consolidate-top-renamed 1 eio "$stream_template"
+
 # SIGKILL at random times while a larger chain is merged (each delta stores 48 MiB, so a merge takes
 # about 0.3 s on ext4), then a second kill during the resumed run.
 big="$TEST_TMP/big-template"
@@ -117,7 +151,8 @@ mkdir -p "$big"
     qemu-io -f vmdk -c "write -z 40M 8M" -c "write -P 0x43 100M 48M" base-000003.vmdk >/dev/null
     echo "scsi0:0.fileName = \"$top_name\"" >vm.vmx
 )
-export_chain_raw "$big/$top_name" "$TEST_TMP/expected.raw"
+expected_raw="$TEST_TMP/big-expected.raw"
+export_chain_raw "$big/$top_name" "$expected_raw"
 for attempt in $(seq 1 8); do
     run=$((run + 1))
     dir="$TEST_TMP/run$run"
@@ -144,7 +179,7 @@ for attempt in $(seq 1 8); do
     if [[ -e $dir/$top_name || -e $dir/base.vmdk.vmcrypt-consolidate ]]; then
         expect_resumed "$dir" "random kill $attempt"
     else
-        expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/expected.raw" "random kill $attempt (finished before the kill)"
+        expect_disk_equals_raw "$dir/base.vmdk" "$expected_raw" "random kill $attempt (finished before the kill)"
     fi
     note "random kill $attempt: $killed of 2 kills hit a running merge (delays in ms: $delays; intent phases after the kills:${phases:- none})"
     rm -rf "$dir"

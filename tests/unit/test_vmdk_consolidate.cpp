@@ -173,3 +173,13 @@ TEST(VmsdEmpty, DropsSnapshotsKeepsLastUid)
     EXPECT_EQ(read_text(vmsd), ".encoding = \"UTF-8\"\nsnapshot.lastUID = \"2\"\nsnapshot.numSnapshots = \"0\"\n");
     EXPECT_FALSE(vmcrypt::vmdk::empty_snapshot_list(vmsd));
 }
+
+TEST(ConsolidateRemoveCovered, KeepsOnlyUncoveredParts)
+{
+    std::vector<GuestRun> left = vmcrypt::vmdk::remove_covered(
+        {data(0, 4096, older_file, 8192), zero(8192, 1024)}, {data(1024, 1024, newer_file, 0), zero(8192, 512)});
+    ASSERT_EQ(left.size(), 3u);
+    expect_run(left[0], 0, 1024, GuestRunKind::data, older_file, 8192);
+    expect_run(left[1], 2048, 2048, GuestRunKind::data, older_file, 8192 + 2048);
+    expect_run(left[2], 8704, 512, GuestRunKind::zero, nullptr, 0);
+}
