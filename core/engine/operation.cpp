@@ -44,6 +44,18 @@ SecureBytes new_dek()
     }
 }
 
+// The command that merges the chain of `disk`, whose snapshot `snapshot` it names (the disk itself when
+// it is a snapshot). NOTE: consolidate-snapshots merges VMDK chains only; other formats get qemu-img's.
+std::string merge_command(const Disk& disk, const std::string& where, const std::string& snapshot, bool is_snapshot)
+{
+    if (disk.format() == "vmdk")
+        return "vmcrypt consolidate-snapshots " + snapshot;
+    if (is_snapshot)
+        return "qemu-img convert -O " + disk.format() + " " + where + " standalone." + disk.format();
+    return "qemu-img commit -b " + where + " NEWEST." + disk.format() + " (the newest image of the chain, " +
+           snapshot + " or one of its snapshots)";
+}
+
 // Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
 void check_relations(Disk& disk, const std::string& where)
 {
@@ -54,11 +66,11 @@ void check_relations(Disk& disk, const std::string& where)
     DiskRelations relations = disk.relations();
     if (!relations.parents.empty())
         throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
-                             "; merge the chain first with: vmcrypt consolidate-snapshots " + where);
+                             "; merge the chain first with: " + merge_command(disk, where, where, true));
     if (!relations.children.empty())
         throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
-                             " names it as parent); merge them first with: vmcrypt consolidate-snapshots " +
-                             relations.children.front());
+                             " names it as parent); merge them first with: " +
+                             merge_command(disk, where, relations.children.front(), false));
 }
 
 // Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded

@@ -194,6 +194,11 @@ std::unique_ptr<ChainMember> ChainMember::open(const std::filesystem::path& path
     member->path_ = path;
 
     File file = File::open(path, access);
+    if (read_at_most(file, 0, 4) == "QFI\xfb")
+        throw UnsupportedInput(path.string() + ": a qcow2 image; consolidate-snapshots merges VMDK snapshot chains "
+                                               "only, so merge a qcow2 backing chain with: qemu-img commit " +
+                               path.string() + ", or copy it with: qemu-img convert -O qcow2 " + path.string() +
+                               " standalone.qcow2");
     std::optional<std::string> text = read_descriptor_text(file);
     bool esxi = false;
     if (text && !read_at_most(file, 0, 4).starts_with("KDMV")) {
