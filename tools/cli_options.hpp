@@ -48,6 +48,23 @@ struct KmsCheckOptions {
     std::optional<std::string> provider;  // every provider of the configuration when not given
 };
 
+struct RekeyCommandOptions {
+    std::string disk;
+    KeyOptions keys;              // the key that opens the disk now
+    KeyOptions new_keys;          // --new-*: the key to seal under
+    bool new_keys_given = false;  // any --new-* option was given
+    bool deep = false;
+    bool keep_old_slot = false;
+    std::uint64_t window_mib = 16;
+};
+
+struct KeysCommandOptions {
+    std::string disk;
+    KeyOptions keys;      // the key that opens the disk now
+    KeyOptions new_keys;  // keys add: --new-*
+    std::uint32_t slot = 0;  // keys remove: --slot
+};
+
 ProgressMode progress_mode(const GlobalOptions& global);
 
 }  // namespace vmcrypt::cli

@@ -38,9 +38,11 @@ json describe_encryption(Disk& disk, const std::string& where)
         result["zeroUnits"] = record.zero_units;
         result["recordMac"] = "not verified (needs the key)";
         json slots = json::array();
+        const std::vector<std::uint32_t> ids = record.slot_ids();
         for (std::size_t i = 0; i < record.key_slots.size(); ++i) {
             const KeySlot& slot = record.key_slots[i];
-            json entry = {{"index", i}, {"type", slot.type}};
+            // "index" is the slot's id (ddb.vmcrypt.keySlot.<id>); ids keep their gaps after a removal.
+            json entry = {{"index", ids[i]}, {"type", slot.type}};
             for (const auto& [name, value] : slot.params)
                 entry[name == "kek" ? "kekId" : name] = value;
             slots.push_back(entry);

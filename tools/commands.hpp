@@ -11,5 +11,9 @@ int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& option
 int run_inspect(const GlobalOptions& global, const std::string& disk);
 int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options);
 int run_kms_check(const GlobalOptions& global, const KmsCheckOptions& options);
+int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options);
+int run_keys_list(const GlobalOptions& global, const std::string& disk);
+int run_keys_add(const GlobalOptions& global, const KeysCommandOptions& options);
+int run_keys_remove(const GlobalOptions& global, const KeysCommandOptions& options);
 
 }  // namespace vmcrypt::cli

@@ -34,45 +34,66 @@ void protect_process()
     ::signal(SIGPIPE, SIG_IGN);
 }
 
-void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool encrypting)
+// Adds the key options of one key to `command`. `prefix` goes before every option name, so that rekey
+// and keys take the new key as --new-key-file, --new-keystore, ... from this same builder: name every
+// option through option_name() and its help through help().
+void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool encrypting,
+                     const std::string& prefix = "")
 {
-    auto* key_file = command.add_option("--key-file", keys.key_file,
-                                        "KEK file: 32 raw bytes or 64 hex digits");
-    auto* passphrase_file = command.add_option("--passphrase-file", keys.passphrase_file,
-                                               "read the passphrase from FILE (one trailing newline is dropped)");
-    auto* passphrase_fd = command.add_option("--passphrase-fd", keys.passphrase_fd,
-                                             "read the passphrase from file descriptor N until end of file");
-    auto* prompt = command.add_flag("--passphrase", keys.passphrase_prompt,
-                                    encrypting ? "ask for a passphrase on the terminal (twice)"
-                                               : "ask for the passphrase on the terminal");
+    auto option_name = [&](const std::string& name) { return "--" + prefix + name; };
+    auto help = [&](const std::string& text) { return prefix.empty() ? text : "new key: " + text; };
+
+    auto* key_file = command.add_option(option_name("key-file"), keys.key_file,
+                                        help("KEK file: 32 raw bytes or 64 hex digits"));
+    auto* passphrase_file = command.add_option(option_name("passphrase-file"), keys.passphrase_file,
+                                               help("read the passphrase from FILE (one trailing newline is dropped)"));
+    auto* passphrase_fd = command.add_option(option_name("passphrase-fd"), keys.passphrase_fd,
+                                             help("read the passphrase from file descriptor N until end of file"));
+    auto* prompt = command.add_flag(option_name("passphrase"), keys.passphrase_prompt,
+                                    help(encrypting ? "ask for a passphrase on the terminal (twice)"
+                                                    : "ask for the passphrase on the terminal"));
     passphrase_file->excludes(passphrase_fd)->excludes(prompt);
     passphrase_fd->excludes(prompt);
     (void)key_file;
 
-    command.add_option("--keystore", keys.keystore,
-                       "key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys, else ~/.local/share/vmcrypt/keys)");
-    auto* kms_config = command.add_option("--kms-config", keys.kms_config,
-                                          "KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else "
-                                          "$XDG_CONFIG_HOME/vmcrypt/kms.json)");
+    command.add_option(option_name("keystore"), keys.keystore,
+                       help("key store directory (default: $VMCRYPT_KEYSTORE, else $XDG_DATA_HOME/vmcrypt/keys, "
+                            "else ~/.local/share/vmcrypt/keys)"));
+    auto* kms_config = command.add_option(option_name("kms-config"), keys.kms_config,
+                                          help("KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else "
+                                               "$XDG_CONFIG_HOME/vmcrypt/kms.json)"));
     if (encrypting) {
-        auto* kms_provider = command.add_option("--kms-provider", keys.kms_provider,
-                                                "seal with a new KEK created on this KMS provider (an id of the "
-                                                "KMS configuration)");
-        command.add_option("--kms-key", keys.kms_key, "seal with this existing, Active KMS key (its Unique "
-                                                      "Identifier) instead of creating one")
+        auto* kms_provider = command.add_option(option_name("kms-provider"), keys.kms_provider,
+                                                help("seal with a new KEK created on this KMS provider (an id of the "
+                                                     "KMS configuration)"));
+        command.add_option(option_name("kms-key"), keys.kms_key,
+                           help("seal with this existing, Active KMS key (its Unique Identifier) instead of "
+                                "creating one"))
             ->needs(kms_provider);
         kms_config->needs(kms_provider);
     }
     if (encrypting) {
-        command.add_option("--kek-id", keys.kek_id, "seal with this existing KEK (UUID) of the key store instead of "
-                                                    "creating a new one");
-        command.add_option("--pbkdf-memory", keys.pbkdf_memory_kib, "Argon2id memory cost in KiB (default 65536)")
+        command.add_option(option_name("kek-id"), keys.kek_id,
+                           help("seal with this existing KEK (UUID) of the key store instead of creating a new one"));
+        command.add_option(option_name("pbkdf-memory"), keys.pbkdf_memory_kib,
+                           help("Argon2id memory cost in KiB (default 65536)"))
             ->check(CLI::Range(8u, 4u * 1024 * 1024));
-        command.add_option("--pbkdf-iterations", keys.pbkdf_iterations, "Argon2id time cost (default 3)")
+        command.add_option(option_name("pbkdf-iterations"), keys.pbkdf_iterations,
+                           help("Argon2id time cost (default 3)"))
             ->check(CLI::Range(1u, 1000u));
-        command.add_option("--pbkdf-parallel", keys.pbkdf_parallel, "Argon2id lanes (default 1)")
+        command.add_option(option_name("pbkdf-parallel"), keys.pbkdf_parallel, help("Argon2id lanes (default 1)"))
             ->check(CLI::Range(1u, 64u));
     }
+}
+
+// True when any option whose name starts with --PREFIX was given on the command line.
+bool any_option_given(const CLI::App& command, const std::string& prefix)
+{
+    for (const CLI::Option* option : command.get_options())
+        for (const std::string& name : option->get_lnames())
+            if (name.rfind(prefix, 0) == 0 && option->count() > 0)
+                return true;
+    return false;
 }
 
 void add_global_options(CLI::App& app, vmcrypt::cli::GlobalOptions& global)
@@ -140,6 +161,8 @@ int main(int argc, char** argv)
     vmcrypt::cli::GlobalOptions global;
     vmcrypt::cli::RewriteCommandOptions encrypt_options;
     vmcrypt::cli::RewriteCommandOptions decrypt_options;
+    vmcrypt::cli::RekeyCommandOptions rekey_options;
+    vmcrypt::cli::KeysCommandOptions keys_options;
     std::string inspect_disk;
 
     CLI::App app{"vmcrypt: encrypt VMDK disks offline and in place with AES-256-XTS", "vmcrypt"};
@@ -160,6 +183,35 @@ int main(int argc, char** argv)
     add_key_options(*decrypt, decrypt_options.keys, false);
     decrypt->add_option("--window-size", decrypt_options.window_mib,
                         "MiB rewritten per crash-safe step (default 16)")->check(CLI::Range(1, 1024));
+
+    CLI::App* rekey = app.add_subcommand("rekey", "seal the disk's DEK under a new key (shallow), or rewrite the "
+                                                  "data under a new DEK with --deep (re-run to resume)");
+    rekey->add_option("DISK", rekey_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")->required();
+    add_key_options(*rekey, rekey_options.keys, false);
+    add_key_options(*rekey, rekey_options.new_keys, true, "new-");
+    auto* deep = rekey->add_flag("--deep", rekey_options.deep,
+                                 "also replace the DEK: rewrite every allocated unit under a new DEK");
+    rekey->add_flag("--keep-old-slot", rekey_options.keep_old_slot,
+                    "keep the slot of the current key, so that both keys open the disk")->excludes(deep);
+    rekey->add_option("--window-size", rekey_options.window_mib,
+                      "MiB rewritten per crash-safe step with --deep (default 16)")->check(CLI::Range(1, 1024));
+
+    CLI::App* keys = app.add_subcommand("keys", "list, add or remove the key slots of an encrypted disk");
+    keys->require_subcommand(1, 1);
+    CLI::App* keys_list = keys->add_subcommand("list", "list the key slots (reads only, needs no key)");
+    keys_list->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+        ->required();
+    CLI::App* keys_add = keys->add_subcommand("add", "add a key slot for the key given with the --new-* options");
+    keys_add->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+        ->required();
+    add_key_options(*keys_add, keys_options.keys, false);
+    add_key_options(*keys_add, keys_options.new_keys, true, "new-");
+    CLI::App* keys_remove = keys->add_subcommand("remove", "remove a key slot (a given key must open the disk)");
+    keys_remove->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+        ->required();
+    add_key_options(*keys_remove, keys_options.keys, false);
+    keys_remove->add_option("--slot", keys_options.slot, "id of the key slot to remove (see vmcrypt keys list)")
+        ->required();
 
     CLI::App* inspect = app.add_subcommand("inspect", "show a disk's format, extents, relations and encryption "
                                                       "without writing anything");
@@ -185,7 +237,8 @@ int main(int argc, char** argv)
     kms_check->add_option("--kms-config", kms_check_options.kms_config,
                           "KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else $XDG_CONFIG_HOME/vmcrypt/kms.json)");
 
-    for (CLI::App* command : {encrypt, decrypt, inspect, consolidate, kms, kms_check})
+    for (CLI::App* command :
+         {encrypt, decrypt, rekey, keys, keys_list, keys_add, keys_remove, inspect, consolidate, kms, kms_check})
         command->fallthrough();
 
     try {
@@ -219,6 +272,16 @@ int main(int argc, char** argv)
             return vmcrypt::cli::run_consolidate(global, consolidate_options);
         if (kms_check->parsed())
             return vmcrypt::cli::run_kms_check(global, kms_check_options);
+        if (rekey->parsed()) {
+            rekey_options.new_keys_given = any_option_given(*rekey, "new-");
+            return vmcrypt::cli::run_rekey(global, rekey_options);
+        }
+        if (keys_list->parsed())
+            return vmcrypt::cli::run_keys_list(global, keys_options.disk);
+        if (keys_add->parsed())
+            return vmcrypt::cli::run_keys_add(global, keys_options);
+        if (keys_remove->parsed())
+            return vmcrypt::cli::run_keys_remove(global, keys_options);
         return vmcrypt::cli::run_inspect(global, inspect_disk);
     } catch (const vmcrypt::Error& e) {
         return report_error(global, static_cast<int>(e.code()), e.what());

@@ -121,7 +121,7 @@ JournalHeader decode_header(const std::uint8_t* data, std::size_t size, std::siz
 
     JournalHeader header;
     std::uint32_t operation = r.u32();
-    if (operation != 1 && operation != 2)
+    if (operation < 1 || operation > 4)
         throw InvalidInput("unknown operation " + std::to_string(operation));
     header.operation = static_cast<Operation>(operation);
     if (std::uint32_t hash = r.u32(); hash != unit_hash_xxh3_64)
@@ -258,7 +258,17 @@ std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment)
 
 std::string to_string(Operation operation)
 {
-    return operation == Operation::encrypt ? "encrypt" : "decrypt";
+    switch (operation) {
+    case Operation::encrypt:
+        return "encrypt";
+    case Operation::decrypt:
+        return "decrypt";
+    case Operation::rekey:
+        return "rekey";
+    case Operation::key_change:
+        return "key-slot change";
+    }
+    return "unknown";
 }
 
 struct Journal::State {

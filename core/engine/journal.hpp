@@ -21,7 +21,9 @@
 
 namespace vmcrypt {
 
-enum class Operation : std::uint32_t { encrypt = 1, decrypt = 2 };
+// rekey: a deep rekey (data rewritten from the previous DEK to a new one). key_change: a change of the
+// key slots alone (shallow rekey, slot added or removed), whose journal carries one metadata write.
+enum class Operation : std::uint32_t { encrypt = 1, decrypt = 2, rekey = 3, key_change = 4 };
 
 std::string to_string(Operation operation);
 

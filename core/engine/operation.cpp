@@ -3,6 +3,8 @@
 #include "core/crypto/random.hpp"
 #include "core/crypto/xts.hpp"
 #include "core/engine/data_check.hpp"
+#include "core/engine/key_change.hpp"
+#include "core/engine/operation_steps.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
@@ -14,90 +16,13 @@ namespace vmcrypt {
 
 namespace {
 
-std::string join(const std::vector<std::string>& items, const std::string& separator)
-{
-    std::string text;
-    for (const std::string& item : items)
-        text += (text.empty() ? "" : separator) + item;
-    return text;
-}
-
-std::string slot_summary(const KeySlot& slot)
-{
-    auto kek = slot.params.find("kek");
-    if (kek != slot.params.end())
-        return slot.type + " kek=" + kek->second;
-    auto provider = slot.params.find("provider");
-    auto key = slot.params.find("key");
-    if (provider != slot.params.end() && key != slot.params.end())
-        return slot.type + " provider=" + provider->second + " key=" + key->second;
-    return slot.type;
-}
-
-SecureBytes new_dek()
-{
-    // XTS forbids equal key halves; a random 64-byte key has them with probability 2^-256, but check.
-    for (;;) {
-        SecureBytes dek = random_bytes(xts_key_size);
-        if (!std::equal(dek.begin(), dek.begin() + 32, dek.begin() + 32))
-            return dek;
-    }
-}
-
-// The command that merges the chain of `disk`, whose snapshot `snapshot` it names (the disk itself when
-// it is a snapshot). NOTE: consolidate-snapshots merges VMDK chains only; other formats get qemu-img's.
-std::string merge_command(const Disk& disk, const std::string& where, const std::string& snapshot, bool is_snapshot)
-{
-    if (disk.format() == "vmdk")
-        return "vmcrypt consolidate-snapshots " + snapshot;
-    if (is_snapshot)
-        return "qemu-img convert -O " + disk.format() + " " + where + " standalone." + disk.format();
-    return "qemu-img commit -b " + where + " NEWEST." + disk.format() + " (the newest image of the chain, " +
-           snapshot + " or one of its snapshots)";
-}
-
-// Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
-void check_relations(Disk& disk, const std::string& where)
-{
-    if (auto foreign = disk.foreign_encryption())
-        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
-                             "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");
-
-    DiskRelations relations = disk.relations();
-    if (!relations.parents.empty())
-        throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
-                             "; merge the chain first with: " + merge_command(disk, where, where, true));
-    if (!relations.children.empty())
-        throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
-                             " names it as parent); merge them first with: " +
-                             merge_command(disk, where, relations.children.front(), false));
-}
-
-// Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded
-// descriptor without room is rejected before the first write. Sets the options to compute the real
-// check value once all data is ciphertext.
-MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
-                                       RewriteOptions& options)
-{
-    record.state = RecordState::encrypted;
-    record.data_check = std::string(44, 'A');
-    record.seal(dek);
-    MetadataWrite placeholder = disk.record_update(record.to_fields());
-
-    options.make_final_metadata = [&disk, record, &dek]() mutable {
-        record.data_check = compute_data_check(disk, dek);
-        record.seal(dek);
-        return disk.record_update(record.to_fields());
-    };
-    return placeholder;
-}
-
 bool same_key_slots(const RecordFields& a, const RecordFields& b)
 {
     try {
         EncryptionRecord first = EncryptionRecord::from_fields(a, "");
         EncryptionRecord second = EncryptionRecord::from_fields(b, "");
-        if (first.key_slots.size() != second.key_slots.size() || first.tweak != second.tweak)
+        if (first.key_slots.size() != second.key_slots.size() || first.slot_ids() != second.slot_ids() ||
+            first.tweak != second.tweak)
             return false;
         for (std::size_t i = 0; i < first.key_slots.size(); ++i)
             if (first.key_slots[i].to_text() != second.key_slots[i].to_text())
@@ -139,11 +64,6 @@ void check_journal_belongs(Operation operation, JournalPhase phase, const Record
                            "known to be complete, move the journal away; otherwise restore the disk from a backup");
 }
 
-std::string resume_command(Operation operation, const std::filesystem::path& path)
-{
-    return "vmcrypt " + to_string(operation) + " " + path.string();
-}
-
 }  // namespace
 
 void lock_disk(Disk& disk)
@@ -160,43 +80,7 @@ void lock_disk(Disk& disk)
 
 SecureBytes unlock_dek(const RecordFields& fields, KeySources& sources, const std::string& where)
 {
-    EncryptionRecord record = EncryptionRecord::from_fields(fields, where);
-
-    std::set<std::string> slot_types;
-    for (const KeySlot& slot : record.key_slots)
-        slot_types.insert(slot.type);
-
-    std::optional<Error> first_failure;
-    for (auto& source : sources) {
-        for (const KeySlot& slot : record.key_slots) {
-            if (slot.type != source->slot_type())
-                continue;
-            try {
-                SecureBytes dek = source->unseal(slot);
-                if (dek.size() != xts_key_size)
-                    throw InvalidInput(where + ": the unwrapped DEK is " + std::to_string(dek.size()) +
-                                       " bytes, expected 64");
-                record.verify_mac(dek, where);
-                return dek;
-            } catch (const WrongKey& e) {
-                if (!first_failure)
-                    first_failure = e;
-            } catch (const KeyUnavailable& e) {
-                if (!first_failure)
-                    first_failure = e;
-            }
-        }
-    }
-    if (first_failure)
-        throw *first_failure;
-
-    std::vector<std::string> given;
-    for (auto& source : sources)
-        given.push_back(source->slot_type());
-    throw KeyUnavailable(where + ": no given key source matches the disk's key slots (disk has: " +
-                         join({slot_types.begin(), slot_types.end()}, ", ") + "; given: " +
-                         (given.empty() ? std::string("none") : join(given, ", ")) +
-                         "); pass --key-file, --passphrase-file, --keystore or --kms-config accordingly");
+    return unlock_key_slot(fields, source_list({&sources}), where).dek;
 }
 
 namespace {
@@ -209,26 +93,9 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
 OperationReport run_operation(Operation operation, const std::filesystem::path& disk_path, KeySources& sources,
                               RewriteOptions options, const DiskOpener& opener)
 {
-    std::error_code ec;
-    const std::filesystem::path journal_path =
-        std::filesystem::exists(disk_path, ec) ? Journal::path_for(std::filesystem::weakly_canonical(disk_path))
-                                               : std::filesystem::path();
-    const bool had_journal = !journal_path.empty() && std::filesystem::exists(journal_path, ec);
-    try {
+    return add_resume_hint(operation, disk_path, [&] {
         return start_or_resume(operation, disk_path, sources, std::move(options), opener);
-    } catch (const Interrupted&) {
-        throw;
-    } catch (const Error& e) {
-        // "Recovery needed": the journal exists, so the disk is mid-operation and consistent. Say how to
-        // finish; failures before the journal existed changed nothing and keep their message.
-        if (journal_path.empty() || !std::filesystem::exists(journal_path, ec))
-            throw;
-        if (had_journal && e.code() != ExitCode::io_error)
-            throw;
-        throw Error(e.code(), std::string(e.what()) + "; the " + to_string(operation) +
-                                  " is unfinished but the disk is consistent: fix the cause and run `" +
-                                  resume_command(operation, disk_path) + "` to resume");
-    }
+    });
 }
 
 namespace {
@@ -246,6 +113,10 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
     OperationReport report;
     report.disk = disk_path;
     report.operation = operation;
+
+    // A key-slot change that a crash interrupted is finished first; its DEK may be the only key that
+    // the given sources still open (their slot was the one replaced).
+    std::optional<SecureBytes> finished_change_dek = finish_key_change(path, source_list({&sources}), opener, where);
 
     // An unfinished operation: resume it, or refuse another command on the disk.
     const std::filesystem::path journal_path = Journal::path_for(path);
@@ -333,7 +204,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         record.zero_units = disk->zero_unit_rule();
         try {
             for (auto& source : sources)
-                record.key_slots.push_back(source->seal(dek));
+                record.key_slots.push_back(seal_new_slot(*source, dek));
             record.state = RecordState::encrypting;
             record.seal(dek);
             disk->prepare_encrypt(dek, record.to_fields());
@@ -352,9 +223,14 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         if (!fields)
             throw WrongDiskState(where + ": the disk is not encrypted by vmcrypt (no ddb.vmcrypt record); "
                                  "nothing to decrypt");
-        dek = unlock_dek(*fields, sources, where);
-
         EncryptionRecord record = EncryptionRecord::from_fields(*fields, where);
+        if (finished_change_dek) {
+            dek = *finished_change_dek;
+            record.verify_mac(dek, where);
+        } else {
+            dek = unlock_dek(*fields, sources, where);
+        }
+
         if (!record.data_check.empty() && compute_data_check(*disk, dek) != record.data_check)
             throw InvalidInput(where + ": ddb.vmcrypt.dataCheck does not match the disk's data: the encryption record "
                                "belongs to another disk (a copied descriptor?) or the data was changed after "

@@ -19,7 +19,17 @@ namespace {
 
 Direction direction_of(Operation operation)
 {
-    return operation == Operation::encrypt ? Direction::encrypt : Direction::decrypt;
+    switch (operation) {
+    case Operation::encrypt:
+        return Direction::encrypt;
+    case Operation::decrypt:
+        return Direction::decrypt;
+    case Operation::rekey:
+        return Direction::reencrypt;
+    case Operation::key_change:
+        break;
+    }
+    throw InvalidInput("journal: a " + to_string(operation) + " journal has no data windows to rewrite");
 }
 
 }  // namespace
@@ -28,13 +38,15 @@ struct RewriteEngine::Impl {
     Disk& disk;
     std::vector<File*> files;
     XtsCipher cipher;
+    std::unique_ptr<XtsCipher> previous;  // deep rekey: the DEK the data is under before its window
     const RewriteOptions& options;
     RunStream stream;
     ZeroUnits zero_units;
 
-    Impl(Disk& d, const SecureBytes& dek, const RewriteOptions& o)
-        : disk(d), files(d.files()), cipher(dek), options(o), stream(d.data_runs()),
-          zero_units(d.zero_unit_rule() == "plain" ? ZeroUnits::kept : ZeroUnits::transformed)
+    Impl(Disk& d, const SecureBytes& dek, const SecureBytes* previous_dek, const RewriteOptions& o)
+        : disk(d), files(d.files()), cipher(dek),
+          previous(previous_dek ? std::make_unique<XtsCipher>(*previous_dek) : nullptr), options(o),
+          stream(d.data_runs()), zero_units(d.zero_unit_rule() == "plain" ? ZeroUnits::kept : ZeroUnits::transformed)
     {
     }
 
@@ -119,7 +131,7 @@ struct RewriteEngine::Impl {
         log_info("recovering the window at stream offset " + std::to_string(entry.window_start) + ": " +
                  std::to_string(old_count) + " of " + std::to_string(hashes.size()) + " units still to rewrite");
 
-        transform_window(cipher, direction, buffer, segments, still_old, options.threads, zero_units);
+        transform_window(cipher, direction, buffer, segments, still_old, options.threads, zero_units, previous.get());
         write_range(buffer.data(), segments, 0, buffer.size());
         sync_files(segments);
     }
@@ -167,7 +179,8 @@ struct RewriteEngine::Impl {
 
             std::span<std::uint8_t> whole(buffer, length);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes, zero_units);
+                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes, zero_units,
+                                previous.get());
                 write_range(buffer, segments, first * 512, end * 512);
                 if (first == 0)
                     fault_point("window-half-written");
@@ -196,8 +209,8 @@ struct RewriteEngine::Impl {
     }
 };
 
-RewriteEngine::RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions options)
-    : disk_(disk), dek_(dek), options_(std::move(options))
+RewriteEngine::RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions options, const SecureBytes* previous_dek)
+    : disk_(disk), dek_(dek), previous_dek_(previous_dek), options_(std::move(options))
 {
     if (options_.window_size == 0 || options_.window_size % 512 != 0)
         throw UsageError("--window-size: the window must be a positive multiple of 512 bytes");
@@ -205,7 +218,7 @@ RewriteEngine::RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions 
 
 RewriteResult RewriteEngine::start(const RewritePlan& plan)
 {
-    Impl impl(disk_, dek_, options_);
+    Impl impl(disk_, dek_, previous_dek_, options_);
 
     JournalHeader header;
     header.operation = plan.operation;
@@ -241,7 +254,7 @@ RewriteResult RewriteEngine::start(const RewritePlan& plan)
 
 RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_metadata)
 {
-    Impl impl(disk_, dek_, options_);
+    Impl impl(disk_, dek_, previous_dek_, options_);
     const JournalHeader& header = journal.header();
     if (header.total_bytes != impl.stream.total_bytes() || header.layout_digest != impl.stream.layout_digest())
         throw InvalidInput(impl.files.front()->path().string() +

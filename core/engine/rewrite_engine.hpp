@@ -53,7 +53,10 @@ struct RewriteResult {
 
 class RewriteEngine {
 public:
-    RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions options);
+    // `dek` keys the journal and is the DEK of the result (encrypt, rekey) or of the input (decrypt).
+    // A deep rekey also passes `previous_dek`, the DEK the data is under now.
+    RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions options,
+                  const SecureBytes* previous_dek = nullptr);
 
     // Starts a new operation. A failure before the journal exists changed nothing; after it, the disk
     // is consistent and recoverable and re-running the same command finishes the operation.
@@ -66,6 +69,7 @@ private:
     struct Impl;
     Disk& disk_;
     const SecureBytes& dek_;
+    const SecureBytes* previous_dek_;
     RewriteOptions options_;
 };
 

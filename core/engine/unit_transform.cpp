@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <thread>
 
 namespace vmcrypt {
@@ -19,11 +20,31 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
     return accumulated == 0;
 }
 
+namespace {
+
+// Encrypts the plaintext units of `data` except the all-zero ones, which stay zeros (the zero-unit rule).
+void encrypt_non_zero_units(const XtsCipher& cipher, std::span<std::uint8_t> data, std::uint64_t first_sector)
+{
+    const std::uint64_t units = data.size() / 512;
+    std::uint64_t group_start = 0;
+    for (std::uint64_t unit = 0; unit <= units; ++unit) {
+        if (unit < units && !is_zero_unit(data.subspan(unit * 512, 512)))
+            continue;
+        if (unit > group_start)
+            cipher.encrypt_units(data.subspan(group_start * 512, (unit - group_start) * 512), first_sector + group_start);
+        group_start = unit + 1;
+    }
+}
+
+}  // namespace
+
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes,
-                     ZeroUnits zero_units)
+                     ZeroUnits zero_units, const XtsCipher* previous)
 {
+    if (direction == Direction::reencrypt && !previous)
+        throw std::invalid_argument("transform_units: reencrypt needs the previous DEK's cipher");
     static const std::uint64_t zero_unit_hash = [] {
         std::uint8_t zeros[512] = {};
         return unit_hash(zeros);
@@ -38,10 +59,17 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
 
     auto apply = [&](std::uint64_t unit, std::uint64_t count, std::uint64_t sector) {
         std::span<std::uint8_t> data = buffer.subspan(unit * 512, count * 512);
-        if (direction == Direction::encrypt)
+        if (direction == Direction::encrypt) {
             cipher.encrypt_units(data, sector);
-        else
+        } else if (direction == Direction::decrypt) {
             cipher.decrypt_units(data, sector);
+        } else {
+            previous->decrypt_units(data, sector);
+            if (zero_units == ZeroUnits::kept)
+                encrypt_non_zero_units(cipher, data, sector);
+            else
+                cipher.encrypt_units(data, sector);
+        }
     };
 
     for (const RunSegment& segment : segments) {
@@ -72,7 +100,7 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
 
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads, ZeroUnits zero_units)
+                      unsigned threads, ZeroUnits zero_units, const XtsCipher* previous)
 {
     std::uint64_t units = buffer.size() / 512;
     threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(units / 64 + 1)));
@@ -83,10 +111,11 @@ void transform_window(const XtsCipher& cipher, Direction direction, std::span<st
         std::uint64_t first = std::min(units, t * per_thread);
         std::uint64_t end = std::min(units, first + per_thread);
         workers.emplace_back([&, first, end] {
-            transform_units(cipher, direction, buffer, segments, selected, first, end, nullptr, zero_units);
+            transform_units(cipher, direction, buffer, segments, selected, first, end, nullptr, zero_units, previous);
         });
     }
-    transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread), nullptr, zero_units);
+    transform_units(cipher, direction, buffer, segments, selected, 0, std::min(units, per_thread), nullptr, zero_units,
+                    previous);
     for (std::thread& worker : workers)
         worker.join();
 }

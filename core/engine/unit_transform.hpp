@@ -12,7 +12,8 @@
 
 namespace vmcrypt {
 
-enum class Direction { encrypt, decrypt };
+// reencrypt: decrypt with the previous DEK, then encrypt with the current one (deep rekey).
+enum class Direction { encrypt, decrypt, reencrypt };
 
 // Whether all-zero units stay zeros (VMDK, which keeps thin disks thin) or are transformed like any
 // other unit (qcow2 LUKS, where QEMU decrypts every allocated unit).
@@ -23,16 +24,18 @@ bool is_zero_unit(std::span<const std::uint8_t> unit);
 // Transforms units [first_unit, end_unit) of `buffer`, on the calling thread. `segments` give each
 // unit's tweak; `selected`, when non-empty, limits the transform to units whose flag is set. With
 // `unit_hashes` (unit_hash of every unit of the buffer) only units that hash like a zero unit are
-// scanned for zeros, which saves a pass over the data.
+// scanned for zeros, which saves a pass over the data. Direction::reencrypt needs `previous`, the cipher
+// of the previous DEK; with ZeroUnits::kept a unit that decrypts to all zeros is then stored as zeros.
 void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit,
-                     const std::vector<std::uint64_t>* unit_hashes = nullptr, ZeroUnits zero_units = ZeroUnits::kept);
+                     const std::vector<std::uint64_t>* unit_hashes = nullptr, ZeroUnits zero_units = ZeroUnits::kept,
+                     const XtsCipher* previous = nullptr);
 
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
 void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads, ZeroUnits zero_units = ZeroUnits::kept);
+                      unsigned threads, ZeroUnits zero_units = ZeroUnits::kept, const XtsCipher* previous = nullptr);
 
 }  // namespace vmcrypt

@@ -16,6 +16,10 @@ public:
     void check_ready() override;
     KeySlot seal(const SecureBytes& dek) override;
     SecureBytes unseal(const KeySlot& slot) override;
+    std::unique_ptr<KeySource> same_kek_sealer(const KeySlot&) override
+    {
+        return std::make_unique<KeyFileSource>(*this);
+    }
 
 private:
     const SecureBytes& kek();

@@ -5,6 +5,7 @@
 #include "core/crypto/secure.hpp"
 #include "core/keys/key_slot.hpp"
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -34,6 +35,18 @@ public:
     // Undoes the side effects of seal() when the operation fails before the disk refers to the slot
     // (the key store deletes a KEK it created). Never throws.
     virtual void discard_sealed() noexcept {}
+
+    // A source whose seal() wraps under the same KEK as `slot`, which this source has unsealed: a deep
+    // rekey uses it to wrap the new DEK without changing the KEK. nullptr when the source cannot.
+    virtual std::unique_ptr<KeySource> same_kek_sealer(const KeySlot& slot)
+    {
+        (void)slot;
+        return nullptr;
+    }
 };
+
+// Seals the DEK with `source` and records the slot's creation time (the "created" parameter, UTC, ISO
+// 8601 to the second). Every new slot of every operation is made here.
+KeySlot seal_new_slot(KeySource& source, const SecureBytes& dek);
 
 }  // namespace vmcrypt

@@ -181,6 +181,11 @@ void KeyStoreSource::discard_sealed() noexcept
     kek_id_.reset();
 }
 
+std::unique_ptr<KeySource> KeyStoreSource::same_kek_sealer(const KeySlot& slot)
+{
+    return std::make_unique<KeyStoreSource>(directory_, slot.param("kek", "key slot"));
+}
+
 SecureBytes KeyStoreSource::unseal(const KeySlot& slot)
 {
     const std::string& kek_id = slot.param("kek", "key slot");

@@ -25,6 +25,7 @@ public:
     KeySlot seal(const SecureBytes& dek) override;
     SecureBytes unseal(const KeySlot& slot) override;
     void discard_sealed() noexcept override;
+    std::unique_ptr<KeySource> same_kek_sealer(const KeySlot& slot) override;
 
     const std::filesystem::path& directory() const { return directory_; }
 

@@ -54,6 +54,15 @@ KeySlot PassphraseSource::seal(const SecureBytes& dek)
     return slot;
 }
 
+std::unique_ptr<KeySource> PassphraseSource::same_kek_sealer(const KeySlot& slot)
+{
+    Argon2Parameters parameters;
+    parameters.memory_kib = parse_parameter(slot, "m");
+    parameters.iterations = parse_parameter(slot, "t");
+    parameters.parallelism = parse_parameter(slot, "p");
+    return std::make_unique<PassphraseSource>(passphrase_, origin_, parameters);
+}
+
 SecureBytes PassphraseSource::unseal(const KeySlot& slot)
 {
     if (slot.param("kdf", "passphrase key slot") != "argon2id")

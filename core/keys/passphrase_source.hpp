@@ -17,6 +17,8 @@ public:
     void check_ready() override;
     KeySlot seal(const SecureBytes& dek) override;
     SecureBytes unseal(const KeySlot& slot) override;
+    // Seals with the same passphrase and the Argon2id cost of `slot`, under a new salt.
+    std::unique_ptr<KeySource> same_kek_sealer(const KeySlot& slot) override;
 
 private:
     SecureBytes passphrase_;

@@ -1,12 +1,14 @@
 #include "core/record/encryption_record.hpp"
 
 #include "core/crypto/kdf.hpp"
+#include "core/crypto/key_wrap.hpp"
 #include "core/crypto/mac.hpp"
 #include "core/error.hpp"
 
 #include <botan/base64.h>
 #include <botan/exceptn.h>
 
+#include <algorithm>
 #include <map>
 
 namespace vmcrypt {
@@ -15,6 +17,25 @@ namespace {
 
 constexpr std::string_view mac_label = "vmcrypt record mac v1";
 constexpr std::string_view mac_prefix = "hmac-sha256:";
+constexpr std::string_view previous_dek_label = "vmcrypt previous dek v1";
+constexpr std::string_view key_slot_prefix = "keySlot.";
+
+// Parses the <id> of "keySlot.<id>": canonical decimal (no leading zero) below max_key_slots.
+std::optional<std::uint32_t> parse_slot_id(const std::string& name)
+{
+    if (name.rfind(key_slot_prefix, 0) != 0)
+        return std::nullopt;
+    std::string digits = name.substr(key_slot_prefix.size());
+    if (digits.empty() || digits.size() > 2 || (digits.size() > 1 && digits[0] == '0'))
+        return std::nullopt;
+    for (char c : digits)
+        if (c < '0' || c > '9')
+            return std::nullopt;
+    std::uint32_t id = static_cast<std::uint32_t>(std::stoul(digits));
+    if (id >= max_key_slots)
+        return std::nullopt;
+    return id;
+}
 
 RecordFields fields_without_mac(const EncryptionRecord& record)
 {
@@ -26,8 +47,15 @@ RecordFields fields_without_mac(const EncryptionRecord& record)
     fields.emplace_back("unitSize", std::to_string(record.unit_size));
     fields.emplace_back("tweak", record.tweak);
     fields.emplace_back("zeroUnits", record.zero_units);
-    for (std::size_t i = 0; i < record.key_slots.size(); ++i)
-        fields.emplace_back("keySlot." + std::to_string(i), record.key_slots[i].to_text());
+    std::vector<std::uint32_t> ids = record.slot_ids();
+    std::vector<std::size_t> order(ids.size());
+    for (std::size_t i = 0; i < order.size(); ++i)
+        order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
+    for (std::size_t i : order)
+        fields.emplace_back(std::string(key_slot_prefix) + std::to_string(ids[i]), record.key_slots[i].to_text());
+    if (!record.previous_dek.empty())
+        fields.emplace_back("previousDek", Botan::base64_encode(record.previous_dek.data(), record.previous_dek.size()));
     if (!record.data_check.empty())
         fields.emplace_back("dataCheck", record.data_check);
     return fields;
@@ -44,6 +72,8 @@ std::string to_string(RecordState state)
         return "encrypted";
     case RecordState::decrypting:
         return "decrypting";
+    case RecordState::rekeying:
+        return "rekeying";
     }
     return "unknown";
 }
@@ -77,8 +107,11 @@ EncryptionRecord EncryptionRecord::from_fields(const RecordFields& fields, const
         record.state = RecordState::encrypted;
     else if (state == "decrypting")
         record.state = RecordState::decrypting;
+    else if (state == "rekeying")
+        record.state = RecordState::rekeying;
     else
-        throw InvalidInput(where + ": encryption record state \"" + state + "\" is not one of encrypting, encrypted, decrypting");
+        throw InvalidInput(where + ": encryption record state \"" + state +
+                           "\" is not one of encrypting, encrypted, decrypting, rekeying");
 
     record.cipher = take("cipher");
     if (record.cipher != record_cipher)
@@ -95,14 +128,35 @@ EncryptionRecord EncryptionRecord::from_fields(const RecordFields& fields, const
     if (record.zero_units != "plain" && record.zero_units != "encrypted")
         throw UnsupportedInput(where + ": zeroUnits \"" + record.zero_units + "\" is not supported");
 
-    for (std::size_t i = 0;; ++i) {
-        std::string name = "keySlot." + std::to_string(i);
-        if (!by_name.count(name))
-            break;
+    // Slot ids may have gaps (a removed slot leaves one); by_name iterates them in name order.
+    std::vector<std::pair<std::uint32_t, std::string>> slot_names;
+    for (const auto& [name, value] : by_name)
+        if (std::optional<std::uint32_t> id = parse_slot_id(name))
+            slot_names.emplace_back(*id, name);
+    std::sort(slot_names.begin(), slot_names.end());
+    for (const auto& [id, name] : slot_names) {
         record.key_slots.push_back(KeySlot::parse(take(name), where + ": ddb.vmcrypt." + name));
+        record.key_slot_ids.push_back(id);
     }
     if (record.key_slots.empty())
         throw InvalidInput(where + ": encryption record has no key slot (ddb.vmcrypt.keySlot.0)");
+
+    if (by_name.count("previousDek")) {
+        if (record.state != RecordState::rekeying)
+            throw InvalidInput(where + ": ddb.vmcrypt.previousDek is present but the state is " + state +
+                               "; it belongs only to a disk in the middle of a deep rekey");
+        try {
+            Botan::secure_vector<std::uint8_t> raw = Botan::base64_decode(take("previousDek"));
+            record.previous_dek.assign(raw.begin(), raw.end());
+        } catch (const Botan::Exception&) {
+            throw InvalidInput(where + ": ddb.vmcrypt.previousDek is not valid base64");
+        }
+        if (record.previous_dek.size() != 72)
+            throw InvalidInput(where + ": ddb.vmcrypt.previousDek is " + std::to_string(record.previous_dek.size()) +
+                               " bytes, expected 72 (a 64-byte DEK wrapped with RFC 3394)");
+    } else if (record.state == RecordState::rekeying) {
+        throw InvalidInput(where + ": the state is rekeying but ddb.vmcrypt.previousDek is missing");
+    }
 
     if (by_name.count("dataCheck")) {
         record.data_check = take("dataCheck");
@@ -138,6 +192,72 @@ std::vector<std::uint8_t> EncryptionRecord::compute_mac(const SecureBytes& dek) 
     std::string text = fields_to_text(fields_without_mac(*this));
     Mac mac_value = hmac_sha256(key, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
     return {mac_value.begin(), mac_value.end()};
+}
+
+std::vector<std::uint32_t> EncryptionRecord::slot_ids() const
+{
+    std::vector<std::uint32_t> ids(key_slot_ids.begin(),
+                                   key_slot_ids.begin() + static_cast<std::ptrdiff_t>(
+                                                              std::min(key_slot_ids.size(), key_slots.size())));
+    std::uint32_t next = 0;
+    for (std::uint32_t id : ids)
+        next = std::max(next, id + 1);
+    while (ids.size() < key_slots.size())
+        ids.push_back(next++);
+    return ids;
+}
+
+std::uint32_t EncryptionRecord::add_key_slot(KeySlot slot)
+{
+    std::vector<std::uint32_t> ids = slot_ids();
+    std::uint32_t id = 0;
+    while (std::find(ids.begin(), ids.end(), id) != ids.end())
+        ++id;
+    if (id >= max_key_slots)
+        throw InvalidInput("the encryption record already has " + std::to_string(max_key_slots) +
+                           " key slots, the maximum; remove one first");
+    key_slots.push_back(std::move(slot));
+    ids.push_back(id);
+    key_slot_ids = std::move(ids);
+    return id;
+}
+
+bool EncryptionRecord::remove_key_slot(std::uint32_t id)
+{
+    std::optional<std::size_t> position = slot_position(id);
+    if (!position)
+        return false;
+    std::vector<std::uint32_t> ids = slot_ids();
+    key_slots.erase(key_slots.begin() + static_cast<std::ptrdiff_t>(*position));
+    ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(*position));
+    key_slot_ids = std::move(ids);
+    return true;
+}
+
+std::optional<std::size_t> EncryptionRecord::slot_position(std::uint32_t id) const
+{
+    std::vector<std::uint32_t> ids = slot_ids();
+    auto it = std::find(ids.begin(), ids.end(), id);
+    if (it == ids.end())
+        return std::nullopt;
+    return static_cast<std::size_t>(it - ids.begin());
+}
+
+void EncryptionRecord::wrap_previous_dek(const SecureBytes& previous, const SecureBytes& dek)
+{
+    previous_dek = wrap_key(hkdf_sha256(dek, previous_dek_label, kek_size), previous);
+}
+
+SecureBytes EncryptionRecord::unwrap_previous_dek(const SecureBytes& dek, const std::string& where) const
+{
+    if (previous_dek.empty())
+        throw InvalidInput(where + ": ddb.vmcrypt.previousDek is missing, so the deep rekey cannot be finished");
+    try {
+        return unwrap_key(hkdf_sha256(dek, previous_dek_label, kek_size), previous_dek);
+    } catch (const UnwrapFailed&) {
+        throw InvalidInput(where + ": ddb.vmcrypt.previousDek does not unwrap with the current DEK: the record was "
+                           "changed; restore the original descriptor");
+    }
 }
 
 void EncryptionRecord::seal(const SecureBytes& dek)

@@ -7,17 +7,21 @@
 #include "core/disk.hpp"
 #include "core/keys/key_slot.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace vmcrypt {
 
-enum class RecordState { encrypting, encrypted, decrypting };
+// rekeying: a deep rekey is rewriting the data from the previous DEK to the current one.
+enum class RecordState { encrypting, encrypted, decrypting, rekeying };
 
 std::string to_string(RecordState state);
 
 inline constexpr int record_version = 1;
 inline constexpr const char* record_cipher = "aes-xts-plain64";
+// Key slot ids are 0 to max_key_slots - 1, stored as ddb.vmcrypt.keySlot.<id>.
+inline constexpr std::uint32_t max_key_slots = 32;
 
 struct EncryptionRecord {
     RecordState state = RecordState::encrypting;
@@ -27,12 +31,34 @@ struct EncryptionRecord {
     std::string tweak;                 // "guest-sector" (VMDK) or "host-sector" (qcow2)
     std::string zero_units = "plain";  // "plain": all-zero plaintext units are stored as zeros; or "encrypted"
     std::vector<KeySlot> key_slots;
+    // The id of each slot of key_slots, by position. Ids stay with their slot when another slot is
+    // removed, so an admin's "slot 2" keeps meaning the same key. Slots appended to key_slots beyond
+    // key_slot_ids get the next free ids (see slot_ids()).
+    std::vector<std::uint32_t> key_slot_ids;
+    // During a deep rekey (state rekeying): the previous DEK wrapped (RFC 3394) under a key derived
+    // from the current DEK, so that whoever unlocks the new DEK can finish the rewrite.
+    std::vector<std::uint8_t> previous_dek;
     std::string data_check;            // base64 check value of the ciphertext, set when encryption completes
     std::vector<std::uint8_t> mac;     // HMAC-SHA-256 over every other field
 
     // Validates every field; `where` names the file for errors. Throws InvalidInput/UnsupportedInput.
     static EncryptionRecord from_fields(const RecordFields& fields, const std::string& where);
     RecordFields to_fields() const;
+
+    // The id of every slot of key_slots, by position.
+    std::vector<std::uint32_t> slot_ids() const;
+    // Appends a slot under the next free id and returns that id. Throws InvalidInput when all
+    // max_key_slots ids are taken.
+    std::uint32_t add_key_slot(KeySlot slot);
+    // Removes the slot with this id; returns false when there is none.
+    bool remove_key_slot(std::uint32_t id);
+    // The position in key_slots of the slot with this id, or nullopt.
+    std::optional<std::size_t> slot_position(std::uint32_t id) const;
+
+    // Store the previous DEK wrapped under a key derived from `dek` (the current DEK), and unwrap it
+    // again. The unwrap throws InvalidInput when previous_dek is missing or does not unwrap.
+    void wrap_previous_dek(const SecureBytes& previous, const SecureBytes& dek);
+    SecureBytes unwrap_previous_dek(const SecureBytes& dek, const std::string& where) const;
 
     // Sets mac from the DEK. verify_mac() throws InvalidInput naming `where` on mismatch.
     void seal(const SecureBytes& dek);

@@ -1,0 +1,177 @@
+#include "core/engine/operation_steps.hpp"
+
+#include "core/crypto/random.hpp"
+#include "core/crypto/xts.hpp"
+#include "core/engine/data_check.hpp"
+#include "core/engine/operation.hpp"
+#include "core/error.hpp"
+
+#include <algorithm>
+#include <set>
+
+namespace vmcrypt {
+
+std::string join(const std::vector<std::string>& items, const std::string& separator)
+{
+    std::string text;
+    for (const std::string& item : items)
+        text += (text.empty() ? "" : separator) + item;
+    return text;
+}
+
+std::string slot_summary(const KeySlot& slot)
+{
+    auto kek = slot.params.find("kek");
+    if (kek != slot.params.end())
+        return slot.type + " kek=" + kek->second;
+    auto provider = slot.params.find("provider");
+    auto key = slot.params.find("key");
+    if (provider != slot.params.end() && key != slot.params.end())
+        return slot.type + " provider=" + provider->second + " key=" + key->second;
+    return slot.type;
+}
+
+SecureBytes new_dek()
+{
+    // XTS forbids equal key halves; a random 64-byte key has them with probability 2^-256, but check.
+    for (;;) {
+        SecureBytes dek = random_bytes(xts_key_size);
+        if (!std::equal(dek.begin(), dek.begin() + 32, dek.begin() + 32))
+            return dek;
+    }
+}
+
+namespace {
+
+// The command that merges the chain of `disk`, whose snapshot `snapshot` it names (the disk itself when
+// it is a snapshot). NOTE: consolidate-snapshots merges VMDK chains only; other formats get qemu-img's.
+std::string merge_command(const Disk& disk, const std::string& where, const std::string& snapshot, bool is_snapshot)
+{
+    if (disk.format() == "vmdk")
+        return "vmcrypt consolidate-snapshots " + snapshot;
+    if (is_snapshot)
+        return "qemu-img convert -O " + disk.format() + " " + where + " standalone." + disk.format();
+    return "qemu-img commit -b " + where + " NEWEST." + disk.format() + " (the newest image of the chain, " +
+           snapshot + " or one of its snapshots)";
+}
+
+}  // namespace
+
+void check_relations(Disk& disk, const std::string& where)
+{
+    if (auto foreign = disk.foreign_encryption())
+        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
+                             "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");
+
+    DiskRelations relations = disk.relations();
+    if (!relations.parents.empty())
+        throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
+                             "; merge the chain first with: " + merge_command(disk, where, where, true));
+    if (!relations.children.empty())
+        throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
+                             " names it as parent); merge them first with: " +
+                             merge_command(disk, where, relations.children.front(), false));
+}
+
+MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
+                                       RewriteOptions& options)
+{
+    record.state = RecordState::encrypted;
+    record.data_check = std::string(44, 'A');
+    record.seal(dek);
+    MetadataWrite placeholder = disk.record_update(record.to_fields());
+
+    options.make_final_metadata = [&disk, record, &dek]() mutable {
+        record.data_check = compute_data_check(disk, dek);
+        record.seal(dek);
+        return disk.record_update(record.to_fields());
+    };
+    return placeholder;
+}
+
+std::string resume_command(Operation operation, const std::filesystem::path& path)
+{
+    if (operation == Operation::rekey)
+        return "vmcrypt rekey --deep " + path.string();
+    return "vmcrypt " + to_string(operation) + " " + path.string();
+}
+
+
+UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySource*>& sources,
+                            const std::string& where)
+{
+    EncryptionRecord record = EncryptionRecord::from_fields(fields, where);
+
+    std::set<std::string> slot_types;
+    for (const KeySlot& slot : record.key_slots)
+        slot_types.insert(slot.type);
+
+    std::optional<Error> first_failure;
+    for (KeySource* source : sources) {
+        for (std::size_t position = 0; position < record.key_slots.size(); ++position) {
+            const KeySlot& slot = record.key_slots[position];
+            if (slot.type != source->slot_type())
+                continue;
+            try {
+                SecureBytes dek = source->unseal(slot);
+                if (dek.size() != xts_key_size)
+                    throw InvalidInput(where + ": the unwrapped DEK is " + std::to_string(dek.size()) +
+                                       " bytes, expected 64");
+                record.verify_mac(dek, where);
+                return {std::move(dek), position, source};
+            } catch (const WrongKey& e) {
+                if (!first_failure)
+                    first_failure = e;
+            } catch (const KeyUnavailable& e) {
+                if (!first_failure)
+                    first_failure = e;
+            }
+        }
+    }
+    if (first_failure)
+        throw *first_failure;
+
+    std::vector<std::string> given;
+    for (KeySource* source : sources)
+        given.push_back(source->slot_type());
+    throw KeyUnavailable(where + ": no given key source matches the disk's key slots (disk has: " +
+                         join({slot_types.begin(), slot_types.end()}, ", ") + "; given: " +
+                         (given.empty() ? std::string("none") : join(given, ", ")) +
+                         "); pass --key-file, --passphrase-file, --keystore or --kms-config accordingly");
+}
+
+std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)
+{
+    std::vector<KeySource*> sources;
+    for (KeySources* list : lists)
+        for (auto& source : *list)
+            sources.push_back(source.get());
+    return sources;
+}
+
+OperationReport add_resume_hint(Operation operation, const std::filesystem::path& disk_path,
+                                const std::function<OperationReport()>& operation_body)
+{
+    std::error_code ec;
+    const std::filesystem::path journal_path =
+        std::filesystem::exists(disk_path, ec) ? Journal::path_for(std::filesystem::weakly_canonical(disk_path))
+                                               : std::filesystem::path();
+    const bool had_journal = !journal_path.empty() && std::filesystem::exists(journal_path, ec);
+    try {
+        return operation_body();
+    } catch (const Interrupted&) {
+        throw;
+    } catch (const Error& e) {
+        // "Recovery needed": the journal exists, so the disk is mid-operation and consistent. Say how to
+        // finish; failures before the journal existed changed nothing and keep their message.
+        if (journal_path.empty() || !std::filesystem::exists(journal_path, ec))
+            throw;
+        if (had_journal && e.code() != ExitCode::io_error)
+            throw;
+        throw Error(e.code(), std::string(e.what()) + "; the " + to_string(operation) +
+                                  " is unfinished but the disk is consistent: fix the cause and run `" +
+                                  resume_command(operation, disk_path) + "` to resume");
+    }
+}
+
+}  // namespace vmcrypt

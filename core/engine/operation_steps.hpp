@@ -1,0 +1,61 @@
+#pragma once
+// Steps shared by the whole-disk operations (encrypt, decrypt, deep rekey) and the key-slot changes:
+// state checks, new DEKs, unlocking, and the record an operation ends with.
+
+#include "core/disk.hpp"
+#include "core/engine/journal.hpp"
+#include "core/engine/operation.hpp"
+#include "core/engine/rewrite_engine.hpp"
+#include "core/keys/key_source.hpp"
+#include "core/record/encryption_record.hpp"
+
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace vmcrypt {
+
+std::string join(const std::vector<std::string>& items, const std::string& separator);
+
+// "keystore kek=<uuid>": a slot's type and KEK id, for reports.
+std::string slot_summary(const KeySlot& slot);
+
+// A random 64-byte XTS key whose halves differ.
+SecureBytes new_dek();
+
+// Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
+void check_relations(Disk& disk, const std::string& where);
+
+// Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded
+// descriptor without room is rejected before the first write. Sets the options to compute the real
+// check value once all data is ciphertext.
+MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
+                                       RewriteOptions& options);
+
+// The command that resumes an unfinished operation: "vmcrypt rekey --deep disk.vmdk".
+std::string resume_command(Operation operation, const std::filesystem::path& path);
+
+// The DEK and the slot that opened it.
+struct UnlockedKey {
+    SecureBytes dek;
+    std::size_t slot_position = 0;   // in EncryptionRecord::key_slots
+    KeySource* source = nullptr;     // the source that unsealed that slot
+};
+
+// Unlocks the DEK from the record's key slots with the first source that opens one, and verifies the
+// record MAC. Throws WrongKey or KeyUnavailable (the first failure) when none does.
+UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySource*>& sources,
+                            const std::string& where);
+
+// Pointers to the sources of several lists, in order.
+std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists);
+
+// Runs `operation_body`. When it fails after its journal exists (an I/O error, or a first failure of a
+// new operation), adds to the message that the disk is consistent and how to resume. Failures before
+// the journal existed changed nothing and keep their message.
+OperationReport add_resume_hint(Operation operation, const std::filesystem::path& disk_path,
+                                const std::function<OperationReport()>& operation_body);
+
+}  // namespace vmcrypt
