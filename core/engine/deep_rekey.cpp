@@ -34,7 +34,7 @@ void check_rekey_journal_belongs(JournalPhase phase, const RecordFields& journal
         return;
 
     // Before the first window the record may still be the old one, and after the last one already the
-    // final one. In both phases the journal holds the write that is pending, so a record torn by a crash
+    // final one. In both phases the journal contains the pending write, so a record torn by a crash
     // during that write (it verifies with neither DEK) is accepted too and overwritten.
     if (phase != JournalPhase::window && current) {
         std::optional<EncryptionRecord> record;

@@ -102,8 +102,8 @@ void commit_key_change(Disk& disk, const SecureBytes& dek, const EncryptionRecor
     fault_point("before-journal-create");
     Journal journal =
         Journal::create(Journal::path_for(disk.files().front()->path()), header, entry, update.bytes.size(), dek);
-    // COMMIT POINT: the new record is durable in the journal. From here a crash leaves a change that the
-    // next vmcrypt command with a key of the old or the new slots finishes; before it nothing changed.
+    // COMMIT POINT: the new record is durable in the journal. Before it nothing changed. After it the
+    // next vmcrypt command with a key of the old or the new slots finishes the change.
     fault_point("journal-created");
 
     disk.apply(update);
@@ -120,7 +120,7 @@ std::optional<SecureBytes> finish_key_change(const std::filesystem::path& metada
     if (!summary || summary->header.operation != Operation::key_change)
         return std::nullopt;
 
-    // The journal header is authenticated only once the DEK is known; until then a damaged header shows
+    // The journal header is authenticated only once the DEK is known. Until then a damaged header shows
     // up as an unreadable record.
     SecureBytes dek;
     try {
@@ -145,7 +145,7 @@ std::optional<SecureBytes> finish_key_change(const std::filesystem::path& metada
         throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
                         " exists; power off the VM (or remove a stale lock folder) and retry");
 
-    // A crash in the middle of the in-place descriptor write can leave it unparseable; the journal
+    // A crash in the middle of the in-place descriptor write can leave it unparseable, and the journal
     // contains its complete bytes.
     std::unique_ptr<Disk> disk;
     try {

@@ -5,8 +5,8 @@
 // The new descriptor bytes go into a journal (operation key_change, one finalize entry) before they
 // are written in place, because a descriptor write of more than one 512-byte sector can be torn. The
 // journal's record carries the slots of the old record and of the new one, so after a crash at any
-// moment a key of either unlocks the journal, and any vmcrypt command given such a key finishes the
-// change first (finish_key_change). Its cost depends on the descriptor's size, not the disk's.
+// moment a key of either unlocks the journal. Any vmcrypt command given such a key then finishes the
+// change first (finish_key_change). The cost depends on the descriptor's size, not the disk's.
 
 #include "core/disk.hpp"
 #include "core/engine/operation.hpp"

@@ -1,8 +1,8 @@
 #pragma once
 // Key rotation and key slots of an encrypted disk.
 //
-// A shallow rekey wraps the same DEK under a new KEK and replaces the slot that the given key opened;
-// adding and removing a slot are the same kind of record-only change. All three go through
+// A shallow rekey wraps the same DEK under a new KEK and replaces the slot that the given key opened.
+// Adding and removing a slot are the same kind of record-only change. All three go through
 // commit_key_change(), so their cost does not depend on the disk's size.
 //
 // A deep rekey creates a new DEK and rewrites every allocated non-zero unit from the old DEK to the new

@@ -36,7 +36,7 @@ struct EncryptionRecord {
     // key_slot_ids get the next free ids (see slot_ids()).
     std::vector<std::uint32_t> key_slot_ids;
     // During a deep rekey (state rekeying): the previous DEK wrapped (RFC 3394) under a key derived
-    // from the current DEK, so that whoever unlocks the new DEK can finish the rewrite.
+    // from the current DEK, so that the key of any current slot suffices to finish the rewrite.
     std::vector<std::uint8_t> previous_dek;
     std::string data_check;            // base64 check value of the ciphertext, set when encryption completes
     std::vector<std::uint8_t> mac;     // HMAC-SHA-256 over every other field

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Crash safety of a shallow rekey (key file A to key file B). After a SIGKILL or an I/O error at every
-# named fault point, after SIGKILLs at random moments, and after every possible torn write of the
-# descriptor (the first N sectors of the new descriptor written, the rest still old), the disk must
-# decrypt with key A or with key B (a key that does not open it gets exit 4), and the decrypted data
+# Crash safety of a shallow rekey (key file A to key file B). The crashes: a SIGKILL or an I/O error at
+# every named fault point, SIGKILLs at random moments, and every possible torn write of the descriptor
+# (the first N sectors of the new descriptor written, the rest still old). After each, the disk must
+# decrypt with key A or with key B, a key that does not open it gets exit 4, and the decrypted data
 # must equal the original. Runs on an embedded descriptor (monolithicSparse) and a descriptor file
 # (monolithicFlat).
 set -euo pipefail
@@ -114,7 +114,7 @@ for subformat in monolithicSparse monolithicFlat; do
                     fail "$subformat: inspect does not report the unfinished key-slot change: $LAST_STDOUT"
                 expect_contents_unchanged "$case_dir" "$TEST_TMP/hashes.case" "inspect of an unfinished rekey"
                 check_torn_writes "$case_dir" "$subformat"
-                # Re-running the rekey finishes it and says so; then the old key no longer opens the disk.
+                # Re-running the rekey finishes it and reports that. Then the old key no longer opens the disk.
                 expect_exit 0 "$VMCRYPT" rekey --key-file "$TEST_TMP/a.key" --new-key-file "$TEST_TMP/b.key" \
                     "$case_dir/disk.vmdk"
                 grep -q "finished an interrupted key-slot change" <<<"$LAST_STDOUT" ||
@@ -124,8 +124,8 @@ for subformat in monolithicSparse monolithicFlat; do
         done
     done
 
-    # SIGKILL at random moments: a rekey takes milliseconds, so the delays are short and many kills
-    # land before or after it; the count of kills that left a journal is printed.
+    # SIGKILL at random moments. A rekey takes milliseconds, so the delays are short and many kills
+    # land before or after it. The test prints how many kills left a journal.
     with_journal=0
     for attempt in $(seq 1 "$RANDOM_KILLS"); do
         case_dir=$(new_case)

@@ -24,8 +24,8 @@ hash_extents() {
     done < <(extent_files "$disk")
 }
 
-# Fails unless the guest data of DISK, when the file holds its own descriptor (monolithicSparse), is
-# unchanged outside the descriptor area: the grain data must be untouched by a shallow rekey.
+# Fails unless DISK differs from the copy BEFORE only in its embedded descriptor area (for a file that
+# contains its descriptor, monolithicSparse), because a shallow rekey must not touch the grain data.
 expect_data_untouched() {
     local disk=$1 before=$2
     "$PYTHON" - "$disk" "$before" <<'PY' || fail "a shallow rekey changed bytes of $1 outside its descriptor"
@@ -99,7 +99,7 @@ raw="$TEST_TMP/disk.raw"
 mkdir "$dir"
 make_random_disk monolithicSparse "$disk" 64M 4M "$raw"
 
-# A rekey to the KEK in use changes nothing and says so.
+# A rekey to the KEK in use is rejected with a hint, and nothing is written.
 expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/a.key" "$disk"
 hash_disk_files "$dir" >"$TEST_TMP/hashes.encrypted"
 expect_exit 3 "$VMCRYPT" rekey --key-file "$TEST_TMP/a.key" --new-key-file "$TEST_TMP/a.key" "$disk"

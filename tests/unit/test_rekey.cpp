@@ -1,6 +1,6 @@
-// Rekey building blocks: stable key slot ids and their MAC coverage, the previous-DEK field of a deep
-// rekey, the reencrypt direction of the engine (same result as encrypting under the new DEK, zero units
-// kept), and key-slot changes on a file-backed disk.
+// Rekey building blocks: stable key slot ids and their MAC coverage, and the previous-DEK field of a
+// deep rekey. The reencrypt direction of the engine must give the same result as encrypting under the
+// new DEK and keep zero units. Key-slot changes run on a file-backed disk.
 
 #include "core/crypto/random.hpp"
 #include "core/crypto/xts.hpp"
