@@ -2,6 +2,7 @@
 
 #include "core/engine/rekey.hpp"
 #include "core/error.hpp"
+#include "core/keys/key_store.hpp"
 #include "core/log.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/open_disk.hpp"
@@ -120,8 +121,16 @@ int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options)
     if (options.new_keys_given || !options.deep)
         seal = make_key_sources(options.new_keys, Operation::encrypt);
 
-    if (options.deep)
+    if (options.deep) {
+        // Every slot is resealed by the key that opens it, so the default key store is tried too when
+        // other key options are given: it opens the key store slots without a --keystore option.
+        bool has_key_store = false;
+        for (const auto& source : unlock)
+            has_key_store = has_key_store || source->slot_type() == "keystore";
+        if (!has_key_store)
+            unlock.push_back(std::make_unique<KeyStoreSource>(default_key_store_path(), std::nullopt));
         return run_deep(global, options, unlock, seal);
+    }
 
     auto started = std::chrono::steady_clock::now();
     KeySlotRequest request;

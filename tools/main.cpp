@@ -86,7 +86,7 @@ void add_key_options(CLI::App& command, vmcrypt::cli::KeyOptions& keys, bool enc
     }
 }
 
-// True when any option whose name starts with --PREFIX was given on the command line.
+// True when any option whose long name starts with PREFIX (without the dashes) was given.
 bool any_option_given(const CLI::App& command, const std::string& prefix)
 {
     for (const CLI::Option* option : command.get_options())
