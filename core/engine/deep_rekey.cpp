@@ -164,12 +164,22 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
     if (old_record.tweak != disk->tweak_rule())
         throw InvalidInput(where + ": ddb.vmcrypt.tweak is \"" + old_record.tweak + "\" but a " + disk->format() +
                            " disk uses \"" + disk->tweak_rule() + "\"; the record does not belong to this disk");
+    if (old_record.zero_units != disk->zero_unit_rule())
+        throw InvalidInput(where + ": encryption record field zeroUnits is \"" + old_record.zero_units + "\" but a " +
+                           disk->format() + " disk uses \"" + disk->zero_unit_rule() +
+                           "\"; the record does not belong to this disk");
+    // NOTE: a qcow2 disk (tweak host-sector) also keeps the DEK as the master key of its LUKS header,
+    // which a deep rekey would have to rebuild; the format boundary has no hook for that yet.
+    if (old_record.tweak == "host-sector")
+        throw UnsupportedInput(where + ": a deep rekey of a disk whose format stores the DEK in its own header "
+                               "(qcow2 with LUKS) is not supported yet; a shallow rekey (without --deep) works");
     for (auto& source : seal)
         source->check_ready();
 
     const SecureBytes dek = new_dek();
     EncryptionRecord record;
     record.tweak = old_record.tweak;
+    record.zero_units = old_record.zero_units;
     record.state = RecordState::rekeying;
     std::vector<std::unique_ptr<KeySource>> sealers;
     RewritePlan plan;
