@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 
 #include <algorithm>
+#include <map>
 
 namespace vmcrypt {
 
@@ -30,15 +31,20 @@ std::string id_list(const EncryptionRecord& record)
 }
 
 // True when `sealed` (just made by `source`) wraps under the same KEK as `existing`. Slots that name
-// their KEK compare the names; a passphrase slot names none, so the source tries to open it.
+// their KEK (keystore and key-file by "kek", kmip by "provider" and "key") compare those parameters. A
+// passphrase slot names none, because its KEK comes from the passphrase and a random salt, so the source
+// tries to open it.
 bool same_kek(const KeySlot& sealed, KeySource& source, const KeySlot& existing)
 {
     if (sealed.type != existing.type)
         return false;
-    auto sealed_kek = sealed.params.find("kek");
-    auto existing_kek = existing.params.find("kek");
-    if (sealed_kek != sealed.params.end() && existing_kek != existing.params.end())
-        return sealed_kek->second == existing_kek->second;
+    if (!sealed.params.count("kdf")) {
+        auto without_time = [](std::map<std::string, std::string> params) {
+            params.erase("created");
+            return params;
+        };
+        return without_time(sealed.params) == without_time(existing.params);
+    }
     try {
         source.unseal(existing);
         return true;

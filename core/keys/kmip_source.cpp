@@ -120,6 +120,12 @@ KeySlot KmipSource::seal(const SecureBytes& dek)
     return slot;
 }
 
+std::unique_ptr<KeySource> KmipSource::same_kek_sealer(const KeySlot& slot)
+{
+    return std::make_unique<KmipSource>(config_file_, slot.param("provider", "kmip key slot"),
+                                        slot.param("key", "kmip key slot"));
+}
+
 SecureBytes KmipSource::unseal(const KeySlot& slot)
 {
     const std::string& provider_id = slot.param("provider", "kmip key slot");

@@ -37,6 +37,8 @@ public:
     SecureBytes unseal(const KeySlot& slot) override;
     // Revokes and destroys a key that seal() created; on failure it logs a warning naming the key.
     void discard_sealed() noexcept override;
+    // A source that seals with the slot's existing KMS key, for a deep rekey that keeps the KEK.
+    std::unique_ptr<KeySource> same_kek_sealer(const KeySlot& slot) override;
 
 private:
     const kmip::KmsConfig& config();
