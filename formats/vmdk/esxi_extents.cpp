@@ -32,11 +32,16 @@ std::uint64_t load_u64(std::span<const std::uint8_t> bytes, std::size_t offset)
     return std::uint64_t{load_u32(bytes, offset)} | std::uint64_t{load_u32(bytes, offset + 4)} << 32;
 }
 
+// Reads a metadata region, checking it against the file size first so that a damaged size field
+// cannot make vmcrypt allocate more memory than the file holds.
 std::vector<std::uint8_t> read_region(const File& file, std::uint64_t offset, std::uint64_t length,
                                       const std::string& what, std::string_view file_name)
 {
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(length));
-    if (!file.read_exact(offset, bytes))
+    std::uint64_t file_size = file.size();
+    std::vector<std::uint8_t> bytes;
+    if (offset <= file_size && length <= file_size - offset)
+        bytes.resize(static_cast<std::size_t>(length));
+    if (bytes.size() != length || !file.read_exact(offset, bytes))
         throw InvalidInput(std::string(file_name) + ": " + what + " at byte " + std::to_string(offset) +
                            " lies past the end of the file; the file is truncated, so copy it again");
     return bytes;

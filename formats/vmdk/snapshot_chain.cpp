@@ -341,7 +341,9 @@ SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access acce
         chain.members.push_back(std::move(*it));
     std::reverse(identities.begin(), identities.end());
 
-    // Children, from every folder of the chain.
+    // Children, from every folder of the chain. NOTE: a child in another folder (a linked clone whose
+    // hint is "../vm/base.vmdk") is not found. Its parentCID check then fails after the merge, so it
+    // stops reading instead of reading a changed base, and a running clone holds a lock that stops the merge.
     std::set<std::filesystem::path> folders;
     for (const auto& member : chain.members)
         folders.insert(std::filesystem::weakly_canonical(folder_of(member->path()), error));

@@ -10,8 +10,11 @@ namespace {
 std::vector<std::uint32_t> read_directory(const File& file, std::uint64_t sector, std::uint64_t entries,
                                           const std::string& file_name)
 {
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(entries * 4));
-    if (!file.read_exact(sector * 512, bytes))
+    std::uint64_t length = entries * 4;
+    std::vector<std::uint8_t> bytes;
+    if (sector * 512 <= file.size() && length <= file.size() - sector * 512)
+        bytes.resize(static_cast<std::size_t>(length));  // only then: a damaged header cannot force a huge allocation
+    if (bytes.size() != length || !file.read_exact(sector * 512, bytes))
         throw InvalidInput(file_name + ": grain directory at sector " + std::to_string(sector) +
                            " lies past the end of the file; the file is truncated, so copy it again");
     std::vector<std::uint32_t> directory(static_cast<std::size_t>(entries));
