@@ -348,12 +348,9 @@ SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access acce
     for (const auto& member : chain.members)
         folders.insert(std::filesystem::weakly_canonical(folder_of(member->path()), error));
     std::map<FileIdentity, std::vector<ChildLink>> children;
-    std::map<FileIdentity, std::filesystem::path> known_paths;
     for (const std::filesystem::path& folder : folders)
-        for (ChildLink& link : scan_child_links(folder)) {
-            known_paths[link.identity] = link.path;
+        for (ChildLink& link : scan_child_links(folder))
             children[link.parent].push_back(link);
-        }
 
     // Down from the given disk to the top, while there is one child.
     for (;;) {
