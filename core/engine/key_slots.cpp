@@ -19,7 +19,10 @@ SlotDescription describe_slot(const KeySlot& slot, std::uint32_t id)
         auto it = slot.params.find(name);
         return it != slot.params.end() ? it->second : std::string();
     };
-    return {id, slot.type, parameter("kek"), parameter("created")};
+    // A kmip slot names its KEK by provider and key UID; a provider id contains no '/', so the pair stays
+    // unambiguous.
+    std::string kek = slot.type == "kmip" ? parameter("provider") + "/" + parameter("key") : parameter("kek");
+    return {id, slot.type, kek, parameter("created")};
 }
 
 std::string id_list(const EncryptionRecord& record)

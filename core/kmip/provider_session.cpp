@@ -9,11 +9,11 @@ namespace vmcrypt::kmip {
 
 namespace {
 
-void require_not_world_readable(const std::filesystem::path& path, const std::string& what)
+void require_not_world_readable(const std::filesystem::path& path, const std::string& file_role)
 {
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && (st.st_mode & S_IROTH) != 0)
-        throw KeyUnavailable(path.string() + ": every user can read this " + what + "; run: chmod o-rwx '" +
+        throw KeyUnavailable(path.string() + ": every user can read this " + file_role + "; run: chmod o-rwx '" +
                              path.string() + "'");
 }
 

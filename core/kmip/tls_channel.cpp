@@ -108,11 +108,11 @@ ServerCertificate describe(const Botan::X509_Certificate& certificate)
 }
 
 // Every PEM certificate in a file, in order.
-std::vector<Botan::X509_Certificate> read_certificates(const std::filesystem::path& path, const std::string& what)
+std::vector<Botan::X509_Certificate> read_certificates(const std::filesystem::path& path, const std::string& file_role)
 {
     std::ifstream stream(path, std::ios::binary);
     if (!stream)
-        throw std::invalid_argument(path.string() + ": cannot read the " + what + " (" + std::strerror(errno) + ")");
+        throw std::invalid_argument(path.string() + ": cannot read the " + file_role + " (" + std::strerror(errno) + ")");
     std::string text((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
     const std::string begin = "-----BEGIN CERTIFICATE-----";
     const std::string end = "-----END CERTIFICATE-----";
@@ -120,18 +120,18 @@ std::vector<Botan::X509_Certificate> read_certificates(const std::filesystem::pa
     for (std::size_t at = text.find(begin); at != std::string::npos; at = text.find(begin, at)) {
         std::size_t stop = text.find(end, at);
         if (stop == std::string::npos)
-            throw std::invalid_argument(path.string() + ": the " + what + " has a PEM certificate without its END line");
+            throw std::invalid_argument(path.string() + ": the " + file_role + " has a PEM certificate without its END line");
         stop += end.size();
         try {
             Botan::DataSource_Memory source(text.substr(at, stop - at));
             certificates.emplace_back(source);
         } catch (const Botan::Exception& e) {
-            throw std::invalid_argument(path.string() + ": the " + what + " has an invalid certificate: " + e.what());
+            throw std::invalid_argument(path.string() + ": the " + file_role + " has an invalid certificate: " + e.what());
         }
         at = stop;
     }
     if (certificates.empty())
-        throw std::invalid_argument(path.string() + ": the " + what + " contains no PEM certificate (\"" + begin + "\")");
+        throw std::invalid_argument(path.string() + ": the " + file_role + " contains no PEM certificate (\"" + begin + "\")");
     return certificates;
 }
 

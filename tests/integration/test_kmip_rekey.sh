@@ -38,6 +38,8 @@ export_raw "$disk" "$TEST_TMP/cipher-before.raw"
 expect_exit 0 "$VMCRYPT" rekey --new-kms-provider corp "$disk"
 second_uid=$(only_kmip_slot)
 [[ $second_uid != "$first_uid" ]] || fail "expected shallow rekey to seal under a new KMS key, the slot still names $first_uid"
+expect_exit 0 "$VMCRYPT" keys list "$disk"
+grep -q "kmip kek=corp/$second_uid" <<<"$LAST_STDOUT" || fail "expected keys list to name the KMS key as corp/$second_uid: $LAST_STDOUT"
 export_raw "$disk" "$TEST_TMP/cipher-after.raw"
 cmp -s "$TEST_TMP/cipher-before.raw" "$TEST_TMP/cipher-after.raw" ||
     fail "expected a shallow rekey to leave the encrypted data as it was"
