@@ -31,7 +31,16 @@ kmip_stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-trap 'kmip_exit_status=$?; kmip_stop_all; (exit $kmip_exit_status); cleanup_test_tmp' EXIT
+# Stops the servers, then runs lib.sh's cleanup with the script's exit status. errexit is off here,
+# because `(exit STATUS)` with a failing status would otherwise end the trap before that cleanup.
+kmip_cleanup() {
+    local status=$?
+    set +e
+    kmip_stop_all
+    (exit "$status")
+    cleanup_test_tmp
+}
+trap kmip_cleanup EXIT
 
 # Prints a TCP port on 127.0.0.1 that was free a moment ago.
 free_port() {
