@@ -123,7 +123,7 @@ for point in "${kill_points[@]}"; do
     [[ $code == 137 ]] || fail "rekey --deep with fault $point exited $code, expected 137: $(cat "$TEST_TMP/fault.err")"
 
     if [[ -e $disk.vmcrypt-journal ]] && ! $rejections_checked && [[ $point == window-synced:* ]]; then
-        # Mid-rekey: the record says rekeying, other commands are rejected with exit 7 naming the resume
+        # Mid-rekey: the record state is rekeying, other commands are rejected with exit 7 naming the resume
         # command, and nothing is written.
         hash_disk_files "$dir" >"$TEST_TMP/hashes.mid"
         [[ $(vmcrypt_field <(read_descriptor "$disk") state) == rekeying ]] || fail "the record is not in state rekeying after $point"

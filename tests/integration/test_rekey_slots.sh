@@ -98,7 +98,7 @@ expect_contents_unchanged "$dir" "$TEST_TMP/hashes.one" "removal of the last slo
 expect_opens_with --passphrase-file "$TEST_TMP/recovery.txt"
 
 # Slots changed by hand fail the record MAC check (exit 3) before anything is written: a slot copied
-# under a free id, a slot removed, a slot moved to another id, and a changed KEK id. Start from two
+# under a free id, a slot removed, a slot moved to another id, and a changed creation time. Start from two
 # slots so that a removal leaves a parseable record.
 expect_exit 0 "$VMCRYPT" keys add --passphrase-file "$TEST_TMP/recovery.txt" --new-key-file "$TEST_TMP/a.key" "$disk"
 cp "$disk" "$TEST_TMP/good.vmdk"
