@@ -34,7 +34,7 @@ struct KeySlotRequest {
 struct SlotDescription {
     std::uint32_t id = 0;
     std::string type;     // keystore, key-file, passphrase, ...
-    std::string kek_id;   // the slot's "kek" parameter; empty for a passphrase slot
+    std::string kek_id;   // "kek" parameter, "<provider>/<uid>" for a kmip slot, empty for a passphrase slot
     std::string created;  // ISO 8601 UTC; empty for slots made before vmcrypt recorded creation times
 
     std::string summary() const;  // "slot 1: keystore kek=<uuid>, created <time>"
