@@ -150,7 +150,7 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
                              "rekey; encrypt it with: vmcrypt encrypt " + where);
     EncryptionRecord old_record = EncryptionRecord::from_fields(*fields, where);
     if (old_record.state != RecordState::encrypted)
-        throw InvalidInput(where + ": the encryption record says \"" + to_string(old_record.state) + "\" but the journal " +
+        throw InvalidInput(where + ": the encryption record state is \"" + to_string(old_record.state) + "\" but the journal " +
                            Journal::path_for(path).string() + " is missing, so the interrupted operation cannot be "
                            "finished safely; restore the disk from a backup");
 
@@ -169,7 +169,7 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
                            disk->format() + " disk uses \"" + disk->zero_unit_rule() +
                            "\"; the record does not belong to this disk");
     // NOTE: a qcow2 disk (tweak host-sector) also keeps the DEK as the master key of its LUKS header,
-    // which a deep rekey would have to rebuild; the format boundary has no hook for that yet.
+    // which a deep rekey would have to rebuild. The format boundary has no hook for that yet.
     if (old_record.tweak == "host-sector")
         throw UnsupportedInput(where + ": a deep rekey of a disk whose format stores the DEK in its own header "
                                "(qcow2 with LUKS) is not supported yet; a shallow rekey (without --deep) works");

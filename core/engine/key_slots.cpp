@@ -134,7 +134,7 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
                              "key slots; encrypt it first with: vmcrypt encrypt " + where);
     const EncryptionRecord before = EncryptionRecord::from_fields(*fields, where);
     if (before.state != RecordState::encrypted)
-        throw WrongDiskState(where + ": the encryption record says \"" + to_string(before.state) + "\" but the journal " +
+        throw WrongDiskState(where + ": the encryption record state is \"" + to_string(before.state) + "\" but the journal " +
                              journal_path.string() + " is missing, so the interrupted operation cannot be finished "
                              "safely; restore the disk from a backup");
 
