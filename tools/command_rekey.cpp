@@ -1,5 +1,6 @@
 // rekey and keys: key sources for the current and the new key, and the result summary.
 
+#include "core/engine/resume_hint.hpp"
 #include "core/engine/rekey.hpp"
 #include "core/error.hpp"
 #include "core/keys/key_store.hpp"
@@ -116,6 +117,7 @@ int run_deep(const GlobalOptions& global, const RekeyCommandOptions& options, Ke
 int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options)
 {
     KeySources unlock = make_key_sources(options.keys, Operation::decrypt);
+    set_resume_key_arguments(resume_key_arguments(options.keys));
     // Without --new-* options a deep rekey keeps the KEKs, and a shallow one creates a key store KEK.
     KeySources seal;
     if (options.new_keys_given || !options.deep)

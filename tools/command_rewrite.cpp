@@ -1,5 +1,6 @@
 // encrypt and decrypt: key sources from the options, progress, and the result summary.
 
+#include "core/engine/resume_hint.hpp"
 #include "core/engine/operation.hpp"
 #include "core/log.hpp"
 #include "formats/open_disk.hpp"
@@ -32,6 +33,7 @@ namespace {
 int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteCommandOptions& options)
 {
     KeySources sources = make_key_sources(options.keys, operation);
+    set_resume_key_arguments(resume_key_arguments(options.keys));
     install_stop_handlers();
 
     ProgressReporter reporter(progress_mode(global), options.disk);

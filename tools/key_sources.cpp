@@ -91,4 +91,27 @@ KeySources make_key_sources(const KeyOptions& options, Operation operation)
     return sources;
 }
 
+std::vector<std::string> resume_key_arguments(const KeyOptions& options)
+{
+    std::vector<std::string> words;
+    auto add = [&words](const char* name, const std::optional<std::string>& value) {
+        if (value) {
+            words.emplace_back(name);
+            words.push_back(*value);
+        }
+    };
+    add("--key-file", options.key_file);
+    add("--passphrase-file", options.passphrase_file);
+    if (options.passphrase_fd) {
+        words.emplace_back("--passphrase-fd");
+        words.push_back(std::to_string(*options.passphrase_fd));
+    }
+    if (options.passphrase_prompt)
+        words.emplace_back("--passphrase");
+    add("--keystore", options.keystore);
+    add("--kms-config", options.kms_config);
+    add("--kms-provider", options.kms_provider);  // encrypt accepts --kms-config only together with it
+    return words;
+}
+
 }  // namespace vmcrypt::cli

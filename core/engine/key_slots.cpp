@@ -5,6 +5,7 @@
 #include "core/engine/operation_steps.hpp"
 #include "core/engine/rekey.hpp"
 #include "core/error.hpp"
+#include "core/text/shell_words.hpp"
 
 #include <algorithm>
 #include <map>
@@ -70,8 +71,8 @@ void reject_same_kek(const KeySlot& sealed, KeySource& source, const EncryptionR
                                  "nothing; give another new key (--new-key-file, --new-passphrase-file, or "
                                  "--new-keystore without --new-kek-id to create a KEK)");
         throw WrongDiskState(where + ": the new key (" + source.description() + ") already opens key slot " +
-                             std::to_string(ids[i]) + " of the disk; nothing to add (list the slots with: "
-                             "vmcrypt keys list " + where + ")");
+                             std::to_string(ids[i]) + " of the disk; nothing to add (list the slots with: " +
+                             shell_command({"vmcrypt", "keys", "list", where}) + ")");
     }
 }
 

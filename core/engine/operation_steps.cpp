@@ -4,6 +4,7 @@
 #include "core/crypto/xts.hpp"
 #include "core/engine/data_check.hpp"
 #include "core/engine/operation.hpp"
+#include "core/text/shell_words.hpp"
 #include "core/error.hpp"
 
 #include <algorithm>
@@ -48,10 +49,11 @@ namespace {
 std::string merge_command(const Disk& disk, const std::string& where, const std::string& snapshot, bool is_snapshot)
 {
     if (disk.format() == "vmdk")
-        return "vmcrypt consolidate-snapshots " + snapshot;
+        return shell_command({"vmcrypt", "consolidate-snapshots", snapshot});
     if (is_snapshot)
-        return "qemu-img convert -O " + disk.format() + " " + where + " standalone." + disk.format();
-    return "qemu-img commit -b " + where + " NEWEST." + disk.format() + " (the newest image of the chain, " +
+        return shell_command({"qemu-img", "convert", "-O", disk.format(), where, "standalone." + disk.format()});
+    return shell_command({"qemu-img", "commit", "-b", where}) + " NEWEST." + disk.format() +
+           " (the newest image of the chain, " +
            snapshot + " or one of its snapshots)";
 }
 
@@ -87,13 +89,6 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
         return disk.record_update(record.to_fields());
     };
     return placeholder;
-}
-
-std::string resume_command(Operation operation, const std::filesystem::path& path)
-{
-    if (operation == Operation::rekey)
-        return "vmcrypt rekey --deep " + path.string();
-    return "vmcrypt " + to_string(operation) + " " + path.string();
 }
 
 

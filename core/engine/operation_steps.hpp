@@ -5,6 +5,7 @@
 #include "core/disk.hpp"
 #include "core/engine/journal.hpp"
 #include "core/engine/operation.hpp"
+#include "core/engine/resume_hint.hpp"
 #include "core/engine/rewrite_engine.hpp"
 #include "core/keys/key_source.hpp"
 #include "core/record/encryption_record.hpp"
@@ -34,8 +35,6 @@ void check_relations(Disk& disk, const std::string& where);
 MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
                                        RewriteOptions& options);
 
-// The command that resumes an unfinished operation: "vmcrypt rekey --deep disk.vmdk".
-std::string resume_command(Operation operation, const std::filesystem::path& path);
 
 // The DEK and the slot that opened it.
 struct UnlockedKey {

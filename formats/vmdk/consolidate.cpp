@@ -8,6 +8,7 @@
 #include "core/io/file.hpp"
 #include "core/io/locks.hpp"
 #include "core/log.hpp"
+#include "core/text/shell_words.hpp"
 #include "formats/vmdk/base_writer.hpp"
 #include "formats/vmdk/consolidate_intent.hpp"
 #include "formats/vmdk/merge_stream.hpp"
@@ -362,7 +363,8 @@ ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const
         if (!found || options.dry_run)
             throw;
         throw Error(e.code(), std::string(e.what()) + "; the merge is unfinished but nothing is lost: fix the "
-                              "cause and run `vmcrypt consolidate-snapshots " + found->second.top + "` to resume");
+                              "cause and run `" + shell_command({"vmcrypt", "consolidate-snapshots", found->second.top}) +
+                                  "` to resume");
     }
 }
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The "run ... to resume" hints must work when pasted into a shell: they carry the key options that
+# unlock the disk and quote a disk path holding a space, a quote and a command substitution.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+dir="$TEST_TMP/hint"
+mkdir "$dir"
+disk="$dir/my disk's \$(touch pwned).vmdk"
+make_random_disk monolithicFlat "$disk" 64M 32M "$TEST_TMP/plain.raw"
+head -c 32 /dev/urandom >"$TEST_TMP/kek.bin"
+
+# Runs the command in the backquotes of the last error line, from a shell in $dir, and expects success.
+run_printed_hint() {
+    local context=$1 hint
+    hint=$(sed -n 's/.*`\(vmcrypt [^`]*\)`.*/\1/p' <<<"$LAST_STDERR")
+    [[ -n $hint ]] || fail "expected a backquoted resume command $context, got: $LAST_STDERR"
+    (cd "$TEST_TMP" && PATH="$(dirname "$VMCRYPT"):$PATH" bash -c "$hint") >"$TEST_TMP/hint.out" 2>&1 ||
+        fail "the printed resume command failed $context: $hint
+$(cat "$TEST_TMP/hint.out")"
+    [[ ! -e $TEST_TMP/pwned ]] || fail "the printed resume command ran a command substitution: $hint"
+}
+
+# An injected I/O error stops encrypt after the journal exists; the hint names --key-file and the path.
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" encrypt --key-file kek.bin \
+    --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
+[[ $LAST_STDERR == *"--key-file kek.bin"* ]] || fail "expected the resume hint to name --key-file: $LAST_STDERR"
+run_printed_hint "after an I/O error during encrypt"
+expect_exit 0 "$VMCRYPT" inspect "$disk"
+[[ $LAST_STDOUT == *encrypted* ]] || fail "expected the resumed encrypt to finish: $LAST_STDOUT"
+
+# The same for decrypt, and the refusal of another command names the command that finishes the first.
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" decrypt --key-file kek.bin \
+    --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+expect_exit 7 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$disk"
+[[ $LAST_STDERR == *"vmcrypt decrypt --key-file"* ]] || fail "expected the refusal to name the resume command: $LAST_STDERR"
+LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
+LAST_STDERR=${LAST_STDERR/finish it first with: /finish it first with: \`}\`
+run_printed_hint "after an I/O error during decrypt"
+expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the resumed decrypt"
