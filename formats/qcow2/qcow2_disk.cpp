@@ -183,7 +183,9 @@ bool QcowDisk::references_complete() const
 DiskRelations QcowDisk::relations() const
 {
     DiskRelations relations;
-    std::set<std::filesystem::path> seen{std::filesystem::weakly_canonical(path_)};
+    // A path that cannot be resolved only weakens the loop check below, so it is not an error here.
+    std::error_code self_error;
+    std::set<std::filesystem::path> seen{std::filesystem::weakly_canonical(path_, self_error)};
     std::filesystem::path current = path_;
     std::optional<std::string> backing = header_.backing_file.empty() ? std::nullopt
                                                                       : std::optional<std::string>(header_.backing_file);
