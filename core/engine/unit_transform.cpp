@@ -68,11 +68,17 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
         } else if (direction == Direction::decrypt) {
             cipher.decrypt_units(data, sector);
         } else {
-            previous->decrypt_units(data, sector);
-            if (zero_units == ZeroUnits::kept)
-                encrypt_non_zero_units(cipher, data, sector);
-            else
-                cipher.encrypt_units(data, sector);
+            // Both passes run on one cache-sized chunk at a time, so the encrypt pass finds the data the
+            // decrypt pass left in the cache.
+            constexpr std::uint64_t chunk_units = 64;
+            for (std::uint64_t done = 0; done < count; done += chunk_units) {
+                std::span<std::uint8_t> chunk = data.subspan(done * 512, std::min(chunk_units, count - done) * 512);
+                previous->decrypt_units(chunk, sector + done);
+                if (zero_units == ZeroUnits::kept)
+                    encrypt_non_zero_units(cipher, chunk, sector + done);
+                else
+                    cipher.encrypt_units(chunk, sector + done);
+            }
         }
     };
 
