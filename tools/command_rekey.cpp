@@ -16,6 +16,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
 
 namespace vmcrypt::cli {
 
@@ -112,12 +116,45 @@ int run_deep(const GlobalOptions& global, const RekeyCommandOptions& options, Ke
     return 0;
 }
 
+// Returns the key options that a resumed deep rekey needs. These are the key that opens the disk and, when
+// given, the new key with its --new- prefix, because a resume must seal under the same new key.
+std::vector<std::string> rekey_resume_arguments(const RekeyCommandOptions& options)
+{
+    std::vector<std::string> words = resume_key_arguments(options.keys);
+    if (!options.new_keys_given)
+        return words;
+
+    std::vector<std::string> new_words = resume_key_arguments(options.new_keys);
+    auto add = [&new_words](const char* name, const std::optional<std::string>& value) {
+        if (value) {
+            new_words.emplace_back(name);
+            new_words.push_back(*value);
+        }
+    };
+    add("--kek-id", options.new_keys.kek_id);
+    add("--kms-key", options.new_keys.kms_key);
+    // Only option names get the prefix: a value such as a file name may itself start with "--".
+    const std::set<std::string> names{"--key-file", "--passphrase-file", "--passphrase-fd", "--passphrase",
+                                      "--keystore", "--kms-config", "--kms-provider", "--kek-id", "--kms-key"};
+    bool expecting_value = false;
+    for (std::string& word : new_words) {
+        if (!expecting_value && names.count(word)) {
+            expecting_value = word != "--passphrase";
+            word = "--new-" + word.substr(2);
+        } else {
+            expecting_value = false;
+        }
+    }
+    words.insert(words.end(), new_words.begin(), new_words.end());
+    return words;
+}
+
 }  // namespace
 
 int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options)
 {
     KeySources unlock = make_key_sources(options.keys, Operation::decrypt);
-    set_resume_key_arguments(resume_key_arguments(options.keys));
+    set_resume_key_arguments(rekey_resume_arguments(options));
     // Without --new-* options a deep rekey keeps the KEKs, and a shallow one creates a key store KEK.
     KeySources seal;
     if (options.new_keys_given || !options.deep)

@@ -39,3 +39,15 @@ LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
 LAST_STDERR=${LAST_STDERR/finish it first with: /finish it first with: \`}\`
 run_printed_hint "after an I/O error during decrypt"
 expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the resumed decrypt"
+
+# A deep rekey to a new key: the hint must carry both the key that opens the disk and the new key.
+head -c 32 /dev/urandom >"$TEST_TMP/new-kek.bin"
+expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$disk"
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" rekey --deep --key-file kek.bin \
+    --new-key-file new-kek.bin --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
+[[ $LAST_STDERR == *"--key-file kek.bin --new-key-file new-kek.bin"* ]] ||
+    fail "expected the deep rekey hint to name both keys: $LAST_STDERR"
+run_printed_hint "after an I/O error during a deep rekey"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$disk"
+expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the resumed deep rekey"
