@@ -21,11 +21,14 @@ namespace vmcrypt::vmdk {
 
 namespace {
 
+// Made absolute before weakly_canonical(), which leaves a relative path relative when its first
+// component does not exist (a bare file name of a removed delta).
 std::filesystem::path absolute_path(const std::filesystem::path& path)
 {
+    std::filesystem::path absolute = std::filesystem::absolute(path).lexically_normal();
     std::error_code error;
-    std::filesystem::path canonical = std::filesystem::weakly_canonical(path, error);
-    return error ? std::filesystem::absolute(path).lexically_normal() : canonical;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, error);
+    return error ? absolute : canonical;
 }
 
 std::filesystem::path folder_of(const std::filesystem::path& path)
@@ -115,23 +118,74 @@ void remove_file_durably(const std::string& path, const char* fault_name)
     fault_point(fault_name);
 }
 
+// Reads the intent file next to `base` when it names `disk`.
+std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> intent_naming(const std::filesystem::path& base,
+                                                                                 const std::filesystem::path& disk)
+{
+    std::filesystem::path path = consolidate_intent_path(absolute_path(base));
+    std::optional<ConsolidateIntent> intent = read_consolidate_intent(path);
+    if (intent && intent->mentions(absolute_path(disk)))
+        return std::make_pair(path, *intent);
+    return std::nullopt;
+}
+
+// Follows parentFileNameHint up from `disk` and returns the intent file next to a parent that names
+// `disk`. Nothing is validated on the way: after the commit point the base has a new CID, so the
+// links no longer check.
+std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> intent_of_parents(const std::filesystem::path& disk)
+{
+    std::filesystem::path current = disk;
+    for (std::size_t depth = 0; depth < max_chain_depth; ++depth) {
+        std::optional<std::filesystem::path> parent = parent_path_of(current);
+        if (!parent)
+            return std::nullopt;
+        if (auto found = intent_naming(*parent, disk))
+            return found;
+        current = *parent;
+    }
+    return std::nullopt;
+}
+
 // Finds the intent of an unfinished merge that `disk` belongs to: next to the disk if it is the base,
-// else any intent file in the disk's folder that names it (its deltas may be removed already).
+// in the disk's folder, or next to a parent of the disk, which may be in another folder. A removed
+// delta is found through the other disks left in its folder.
 std::optional<std::pair<std::filesystem::path, ConsolidateIntent>> find_intent(const std::filesystem::path& disk)
 {
     std::filesystem::path own = consolidate_intent_path(absolute_path(disk));
     if (std::optional<ConsolidateIntent> intent = read_consolidate_intent(own))
         return std::make_pair(own, *intent);
 
+    std::filesystem::path folder = folder_of(absolute_path(disk));
+    std::vector<std::filesystem::path> folder_disks;
     std::error_code error;
-    std::filesystem::directory_iterator entry(folder_of(absolute_path(disk)), error);
+    std::filesystem::directory_iterator entry(folder, error);
     for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
         std::filesystem::path candidate = entry->path();
+        if (candidate.extension() == ".vmdk") {
+            folder_disks.push_back(candidate);
+            continue;
+        }
         if (candidate.extension() != ".vmcrypt-consolidate")
             continue;
         std::optional<ConsolidateIntent> intent = read_consolidate_intent(candidate);
-        if (intent && intent->mentions(disk))
+        if (intent && intent->mentions(absolute_path(disk)))
             return std::make_pair(candidate, *intent);
+    }
+
+    std::error_code exists_error;
+    if (std::filesystem::exists(disk, exists_error))
+        return intent_of_parents(disk);
+    std::sort(folder_disks.begin(), folder_disks.end());
+    for (const std::filesystem::path& folder_disk : folder_disks) {
+        std::filesystem::path current = folder_disk;
+        for (std::size_t depth = 0; depth < max_chain_depth; ++depth) {
+            std::optional<std::filesystem::path> parent = parent_path_of(current);
+            if (!parent)
+                break;
+            if (auto found = intent_naming(*parent, disk))
+                return found;
+            current = *parent;
+        }
     }
     return std::nullopt;
 }
@@ -363,7 +417,7 @@ ConsolidateReport consolidate_snapshots(const std::filesystem::path& disk, const
         if (!found || options.dry_run)
             throw;
         throw Error(e.code(), std::string(e.what()) + "; the merge is unfinished but nothing is lost: fix the "
-                              "cause and run `" + shell_command({"vmcrypt", "consolidate-snapshots", found->second.top}) +
+                              "cause and run `" + shell_command({"vmcrypt", "consolidate-snapshots", found->second.base}) +
                                   "` to resume");
     }
 }

@@ -14,11 +14,14 @@ namespace {
 
 constexpr const char* schema = "vmcrypt-consolidate-intent/1";
 
+// Made absolute first, because weakly_canonical() leaves a relative path relative when its first
+// component does not exist (a bare file name of a removed delta).
 std::filesystem::path comparable(const std::filesystem::path& path)
 {
+    std::filesystem::path absolute = std::filesystem::absolute(path).lexically_normal();
     std::error_code error;
-    std::filesystem::path canonical = std::filesystem::weakly_canonical(path, error);
-    return error ? path.lexically_normal() : canonical;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, error);
+    return error ? absolute : canonical;
 }
 
 std::string encode_hex(const std::vector<std::uint8_t>& bytes)

@@ -179,6 +179,22 @@ void check_link(ChainMember& child, ChainMember& parent)
 
 }  // namespace
 
+std::optional<std::filesystem::path> parent_path_of(const std::filesystem::path& disk)
+{
+    try {
+        File file = File::open(disk, Access::read_only);
+        std::optional<std::string> text = read_descriptor_text(file);
+        if (!text)
+            return std::nullopt;
+        std::optional<std::string> hint = Descriptor::parse(*text, disk.string()).parent_file_name_hint();
+        if (!hint)
+            return std::nullopt;
+        return resolve_parent(disk, *hint);
+    } catch (const Error&) {
+        return std::nullopt;
+    }
+}
+
 std::string format_content_id(std::uint32_t cid)
 {
     char text[16];

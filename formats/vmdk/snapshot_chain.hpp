@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,14 @@ struct SnapshotChain {
 // capacity), refuses encrypted or locked disks, and handles other branches by `policy`.
 // Throws InvalidInput, UnsupportedInput, WrongDiskState or DiskInUse naming the file and the fix.
 SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access access, BranchPolicy policy);
+
+// Chains longer than this are rejected as loops when following parents without validating them.
+inline constexpr std::size_t max_chain_depth = 4096;
+
+// Returns the parent that the descriptor of `disk` names in parentFileNameHint, resolved against the
+// disk's folder. Returns nullopt when the disk has no hint or its descriptor cannot be read; nothing
+// else (CIDs, capacities, the parent's existence) is checked.
+std::optional<std::filesystem::path> parent_path_of(const std::filesystem::path& disk);
 
 // Formats a content ID as qemu and VMware write it: eight lower-case hex digits.
 std::string format_content_id(std::uint32_t cid);

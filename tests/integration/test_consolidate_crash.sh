@@ -108,6 +108,67 @@ crash_at consolidate-run-copied 4 kill "$branch_template"
 crash_at consolidate-run-copied 3 eio
 crash_at consolidate-delta-file-removed 2 eio
 
+# Runs consolidate-snapshots with the fault FAULT (NAME:COUNT:ACTION) in the folder DIR, expecting the kill.
+killed_in_folder() {
+    local dir=$1 fault=$2
+    shift 2
+    local code=0
+    { (cd "$dir" && VMCRYPT_FAULT=$fault "$VMCRYPT" consolidate-snapshots "$@" >/dev/null 2>"$TEST_TMP/fault.stderr"); } \
+        2>/dev/null || code=$?
+    [[ $code == 137 ]] || fail "fault $fault in $dir: expected exit code 137, got $code: $(cat "$TEST_TMP/fault.stderr")"
+}
+
+# The same command resumes whatever form the path of the removed top has.
+for form in bare dot relative absolute; do
+    run=$((run + 1))
+    dir="$TEST_TMP/run$run"
+    cp -a "$template" "$dir"
+    case $form in
+    bare) given=$top_name ;;
+    dot) given=./$top_name ;;
+    relative) given=../run$run/$top_name ;;
+    absolute) given=$dir/$top_name ;;
+    esac
+    killed_in_folder "$dir" consolidate-delta-file-removed:1:kill "$given"
+    [[ ! -e $dir/$top_name ]] || fail "path form $form: expected the first removal to take the top $top_name"
+    cd "$dir"
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$given"
+    cd - >/dev/null
+    grep -q "resumed" <<<"$LAST_STDOUT" || fail "path form $form: expected the re-run to resume, got: $LAST_STDOUT"
+    expect_disk_equals_raw "$dir/base.vmdk" "$expected_raw" "path form $form, resumed"
+    expect_files_gone "$dir"/base-0*.vmdk "$dir/base.vmdk.vmcrypt-consolidate"
+    rm -rf "$dir"
+done
+
+# A base in another folder: the intent file sits next to the base, and the re-run on the top finds it
+# after the commit point (new base CID) and after the top was removed.
+cross_template="$TEST_TMP/cross-template"
+mkdir -p "$cross_template/A" "$cross_template/B"
+(
+    cd "$cross_template"
+    qemu-img create -q -f vmdk A/disk.vmdk 16M
+    qemu-io -f vmdk -c "write -P 0x31 0 4M" A/disk.vmdk >/dev/null
+    qemu-img create -q -f vmdk -b ../A/disk.vmdk -F vmdk B/mid.vmdk
+    qemu-io -f vmdk -c "write -P 0x32 1M 1M" B/mid.vmdk >/dev/null
+    qemu-img create -q -f vmdk -b mid.vmdk -F vmdk B/top.vmdk
+    qemu-io -f vmdk -c "write -P 0x33 3M 2M" B/top.vmdk >/dev/null
+)
+cross_raw="$TEST_TMP/cross-expected.raw"
+export_chain_raw "$cross_template/B/top.vmdk" "$cross_raw"
+for fault in consolidate-run-copied:1:kill consolidate-cid-written:1:kill consolidate-delta-file-removed:1:kill; do
+    run=$((run + 1))
+    dir="$TEST_TMP/run$run"
+    cp -a "$cross_template" "$dir"
+    killed_in_folder "$dir" "$fault" "$dir/B/top.vmdk"
+    [[ -e $dir/A/disk.vmdk.vmcrypt-consolidate ]] || fail "base in another folder, $fault: expected the intent file"
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/B/top.vmdk"
+    grep -q "resumed" <<<"$LAST_STDOUT" ||
+        fail "base in another folder, $fault: expected the re-run to resume, got: $LAST_STDOUT"
+    expect_disk_equals_raw "$dir/A/disk.vmdk" "$cross_raw" "base in another folder, $fault, resumed"
+    expect_files_gone "$dir/B/top.vmdk" "$dir/B/mid.vmdk" "$dir/A/disk.vmdk.vmcrypt-consolidate"
+    rm -rf "$dir"
+done
+
 # A chain whose top stores more than the disks below it: merged by stream, into the top, which then
 # replaces the base file.
 stream_template="$TEST_TMP/stream-template"
