@@ -1,11 +1,14 @@
 // inspect: a read-only report. Every file is opened O_RDONLY; nothing is created, written or locked.
 
 #include "core/engine/journal.hpp"
+#include "core/engine/operation_steps.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/open_disk.hpp"
 #include "formats/qcow2/inspect_report.hpp"
+#include "formats/vmdk/consolidate_intent.hpp"
+#include "core/text/shell_words.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress_reporter.hpp"
 
@@ -53,6 +56,26 @@ json describe_encryption(Disk& disk, const std::string& where)
         result["error"] = e.what();
     }
     return result;
+}
+
+// The unfinished consolidate-snapshots merge into the disk, or null.
+json describe_merge(const std::filesystem::path& disk, const std::string& disk_path)
+{
+    std::optional<std::filesystem::path> intent_path = find_unfinished_merge(disk);
+    if (!intent_path)
+        return nullptr;
+    json merge = {{"intent", intent_path->string()},
+                  {"command", shell_command({"vmcrypt", "consolidate-snapshots", disk_path})}};
+    try {
+        std::optional<vmdk::ConsolidateIntent> intent = vmdk::read_consolidate_intent(*intent_path);
+        if (!intent)
+            return nullptr;  // removed since the check: the merge has just finished
+        merge["phase"] = intent->phase == vmdk::ConsolidatePhase::copy ? "copy" : "switch";
+        merge["top"] = intent->top;
+    } catch (const Error& e) {
+        merge["error"] = e.what();
+    }
+    return merge;
 }
 
 json describe_operation(const std::filesystem::path& metadata_file)
@@ -196,6 +219,17 @@ void print_text(const json& report)
                         report["inUse"].is_null() ? "run the same command to resume"
                                                   : "another process holds the disk and may be running it");
     }
+    const json& merge = report["unfinishedMerge"];
+    if (!merge.is_null()) {
+        if (merge.contains("error"))
+            std::printf("unfinished: consolidate-snapshots merge, intent file %s is unreadable: %s\n",
+                        merge["intent"].get<std::string>().c_str(), merge["error"].get<std::string>().c_str());
+        else
+            std::printf("unfinished: consolidate-snapshots merge of %s into this disk, phase %s (intent file %s); "
+                        "finish it with: %s\n",
+                        merge["top"].get<std::string>().c_str(), merge["phase"].get<std::string>().c_str(),
+                        merge["intent"].get<std::string>().c_str(), merge["command"].get<std::string>().c_str());
+    }
     std::printf("in use:     %s\n", report["inUse"].is_null() ? "no" : report["inUse"].get<std::string>().c_str());
 }
 
@@ -242,6 +276,7 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
                    {"children", relations.children},
                    {"encryption", describe_encryption(*disk, disk_path)},
                    {"unfinishedOperation", describe_operation(disk->files().front()->path())},
+                   {"unfinishedMerge", describe_merge(path, disk_path)},
                    {"inUse", in_use}};
     if (const auto* image = dynamic_cast<const qcow2::QcowDisk*>(disk.get()))
         report["qcow2"] = qcow2::describe_image(*image);

@@ -174,6 +174,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
 
     std::unique_ptr<Disk> disk = opener(path, Access::read_write);
     lock_disk(*disk);
+    if (operation == Operation::encrypt)
+        check_no_unfinished_merge(path, where, disk->record() ? DiskContent::encrypted : DiskContent::plaintext);
     check_relations(*disk, where);
 
     std::optional<RecordFields> fields = disk->record();

@@ -75,6 +75,36 @@ void check_relations(Disk& disk, const std::string& where)
                              merge_command(disk, where, relations.children.front(), false));
 }
 
+std::optional<std::filesystem::path> find_unfinished_merge(const std::filesystem::path& disk)
+{
+    std::filesystem::path absolute = std::filesystem::absolute(disk).lexically_normal();
+    std::error_code error;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, error);
+    std::filesystem::path intent = error ? absolute : canonical;
+    intent += consolidate_intent_suffix;
+    if (std::filesystem::exists(intent, error))
+        return intent;
+    return std::nullopt;
+}
+
+void check_no_unfinished_merge(const std::filesystem::path& disk, const std::string& where, DiskContent content)
+{
+    std::optional<std::filesystem::path> intent = find_unfinished_merge(disk);
+    if (!intent)
+        return;
+    std::string consolidate = shell_command({"vmcrypt", "consolidate-snapshots", where});
+    if (content == DiskContent::plaintext)
+        throw Interrupted(where + ": an unfinished consolidate-snapshots merge into this disk is recorded in " +
+                          intent->string() + ", so the disk may hold only part of its snapshots' data; finish the "
+                          "merge first with: " + consolidate);
+    // An older vmcrypt could encrypt such a disk. consolidate-snapshots rejects an encrypted base, so the
+    // way out is a decrypt, and decrypt does not call this check.
+    throw Interrupted(where + ": the disk was encrypted while a consolidate-snapshots merge into it was unfinished "
+                      "(recorded in " + intent->string() + "); decrypt it with " +
+                      shell_command({"vmcrypt", "decrypt", where}) + " and its key options, then finish the merge "
+                      "with: " + consolidate);
+}
+
 MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, const SecureBytes& dek,
                                        RewriteOptions& options)
 {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,19 @@ SecureBytes new_dek();
 
 // Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
 void check_relations(Disk& disk, const std::string& where);
+
+// The suffix of the intent file that an unfinished consolidate-snapshots run keeps next to the base
+// disk of the chain: "<base>.vmcrypt-consolidate", the base's path with symbolic links resolved.
+inline constexpr const char* consolidate_intent_suffix = ".vmcrypt-consolidate";
+
+// Returns the intent file of an unfinished consolidate-snapshots merge into `disk`, or nullopt.
+std::optional<std::filesystem::path> find_unfinished_merge(const std::filesystem::path& disk);
+
+enum class DiskContent { plaintext, encrypted };
+
+// Rejects with Interrupted a disk that an unfinished consolidate-snapshots merge writes into, naming
+// the command that finishes it: the disk may hold only part of its snapshots' data.
+void check_no_unfinished_merge(const std::filesystem::path& disk, const std::string& where, DiskContent content);
 
 // Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded
 // descriptor without room is rejected before the first write. Sets the options to compute the real

@@ -164,6 +164,21 @@ for fault in consolidate-run-copied:1:kill consolidate-cid-written:1:kill consol
     cp -a "$cross_template" "$dir"
     killed_in_folder "$dir" "$fault" "$dir/B/top.vmdk"
     [[ -e $dir/A/disk.vmdk.vmcrypt-consolidate ]] || fail "base in another folder, $fault: expected the intent file"
+
+    # encrypt rejects the base while the merge is unfinished, and inspect reports the merge.
+    base_sum=$(sha256sum <"$dir/A/disk.vmdk")
+    expect_exit 7 "$VMCRYPT" encrypt "$dir/A/disk.vmdk"
+    grep -q "finish the merge first with: vmcrypt consolidate-snapshots $dir/A/disk.vmdk" <<<"$LAST_STDERR" ||
+        fail "$fault: expected encrypt to name the command that finishes the merge, got: $LAST_STDERR"
+    [[ $(sha256sum <"$dir/A/disk.vmdk") == "$base_sum" ]] || fail "$fault: the rejected encrypt changed the base"
+    phase=switch
+    [[ $fault == consolidate-run-copied:* ]] && phase=copy
+    expect_exit 0 "$VMCRYPT" inspect "$dir/A/disk.vmdk"
+    grep -q "^unfinished: consolidate-snapshots merge of $dir/B/top.vmdk into this disk, phase $phase " <<<"$LAST_STDOUT" ||
+        fail "$fault: expected inspect to report the unfinished merge in phase $phase, got: $LAST_STDOUT"
+    expect_exit 0 "$VMCRYPT" --json inspect "$dir/A/disk.vmdk"
+    "$PYTHON" -c 'import json, sys; merge = json.load(sys.stdin)["unfinishedMerge"]; assert merge["phase"] == sys.argv[1], merge' \
+        "$phase" <<<"$LAST_STDOUT" || fail "$fault: expected unfinishedMerge.phase $phase in inspect --json: $LAST_STDOUT"
     expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/B/top.vmdk"
     grep -q "resumed" <<<"$LAST_STDOUT" ||
         fail "base in another folder, $fault: expected the re-run to resume, got: $LAST_STDOUT"
@@ -248,5 +263,19 @@ for attempt in $(seq 1 8); do
     note "random kill $attempt: $killed of 2 kills hit a running merge (delays in ms: $delays; intent phases after the kills:${phases:- none})"
     rm -rf "$dir"
 done
+
+# A base that an older vmcrypt encrypted during an unfinished merge: a deep rekey rejects it and names
+# decrypt, which stays allowed because it leads back to a base that the merge can finish.
+dir="$TEST_TMP/encrypted-base"
+mkdir -p "$dir"
+qemu-img create -q -f vmdk "$dir/disk.vmdk" 16M
+expect_exit 0 "$VMCRYPT" encrypt "$dir/disk.vmdk"
+echo '{}' >"$dir/disk.vmdk.vmcrypt-consolidate"
+expect_exit 7 "$VMCRYPT" rekey --deep "$dir/disk.vmdk"
+expect_stderr_contains "decrypt it with vmcrypt decrypt $dir/disk.vmdk"
+expect_exit 0 "$VMCRYPT" inspect "$dir/disk.vmdk"
+grep -q "intent file $dir/disk.vmdk.vmcrypt-consolidate is unreadable" <<<"$LAST_STDOUT" ||
+    fail "expected inspect to report the unreadable intent file, got: $LAST_STDOUT"
+expect_exit 0 "$VMCRYPT" decrypt "$dir/disk.vmdk"
 
 echo "PASS $TEST_NAME ($run runs)"
