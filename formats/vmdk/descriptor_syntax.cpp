@@ -111,6 +111,28 @@ LineKind classify_line(std::string_view line)
     return LineKind::extent;
 }
 
+std::optional<std::string> find_parent_hint_line(std::string_view text)
+{
+    text = text.substr(0, text.find('\0'));
+    while (!text.empty()) {
+        std::size_t end = text.find('\n');
+        std::string_view line = text.substr(0, end);
+        text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+        if (line.ends_with('\r'))
+            line.remove_suffix(1);
+        if (classify_line(line) != LineKind::key_value)
+            continue;
+        try {
+            KeyValue pair = parse_key_value(line, "");
+            if (pair.key == "parentFileNameHint")
+                return pair.value;
+        } catch (const InvalidInput&) {
+            continue;
+        }
+    }
+    return std::nullopt;
+}
+
 KeyValue parse_key_value(std::string_view line, const std::string& where)
 {
     KeyValue result;

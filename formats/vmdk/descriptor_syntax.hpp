@@ -7,6 +7,7 @@
 // prefix "FILE: line N" for its error messages.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,6 +40,10 @@ struct ExtentLine {
 
 // Parses an extent line. Throws InvalidInput naming the offending token and the expected form.
 ExtentLine parse_extent_line(std::string_view line, std::size_t line_number, const std::string& where);
+
+// Returns the parentFileNameHint value of a descriptor text that does not parse as a whole (a control
+// character on another line, say), or nullopt when no line gives one. The text ends at its first NUL.
+std::optional<std::string> find_parent_hint_line(std::string_view text);
 
 // Throws InvalidInput when the line contains a control character other than TAB.
 void check_no_control_characters(std::string_view line, const std::string& where);

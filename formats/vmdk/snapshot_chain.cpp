@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
+#include "formats/vmdk/descriptor_syntax.hpp"
 #include "formats/vmdk/sparse_grain_tables.hpp"
 
 #include <algorithm>
@@ -94,10 +95,12 @@ struct ChildLink {
     std::filesystem::path path;
     FileIdentity identity;
     FileIdentity parent;
+    std::string parse_error;  // set when only the parentFileNameHint line of the descriptor could be read
 };
 
-// Reads every descriptor in `folder` that names a parent with parentFileNameHint. Files that cannot
-// be read or parsed are skipped: they are not part of any chain vmcrypt can find.
+// Reads every descriptor in `folder` that names a parent with parentFileNameHint. A descriptor that
+// does not parse is kept when a parentFileNameHint line names an existing file, so that a merge under
+// it is rejected. Files that cannot be read at all are skipped.
 std::vector<ChildLink> scan_child_links(const std::filesystem::path& folder)
 {
     std::vector<ChildLink> links;
@@ -113,19 +116,35 @@ std::vector<ChildLink> scan_child_links(const std::filesystem::path& folder)
             std::optional<std::string> text = read_descriptor_text(file);
             if (!text)
                 continue;
-            std::optional<std::string> hint = Descriptor::parse(*text, candidate.string()).parent_file_name_hint();
+            std::optional<std::string> hint;
+            std::string parse_error;
+            try {
+                hint = Descriptor::parse(*text, candidate.string()).parent_file_name_hint();
+            } catch (const InvalidInput& e) {
+                hint = find_parent_hint_line(*text);
+                parse_error = e.what();
+            }
             if (!hint)
                 continue;
             std::optional<FileIdentity> identity = identity_of(candidate);
             std::optional<FileIdentity> parent = identity_of(resolve_parent(candidate, *hint));
             if (identity && parent)
-                links.push_back(ChildLink{candidate, *identity, *parent});
+                links.push_back(ChildLink{candidate, *identity, *parent, parse_error});
         } catch (const Error&) {
             continue;
         }
     }
     std::sort(links.begin(), links.end(), [](const ChildLink& a, const ChildLink& b) { return a.path < b.path; });
     return links;
+}
+
+// Rejects a child whose descriptor names its parent but does not parse: a merge would break it.
+void check_child_readable(const ChildLink& link)
+{
+    if (!link.parse_error.empty())
+        throw InvalidInput(link.path.string() + ": the descriptor names a disk of this chain in parentFileNameHint "
+                           "but cannot be read (" + link.parse_error + "), so it may be a snapshot that the merge "
+                           "would break; fix its descriptor, or move the file out of the folder if it is no snapshot");
 }
 
 std::string join(const std::vector<std::string>& items, const std::string& separator)
@@ -384,6 +403,7 @@ SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access acce
                                  "the VM uses (the .vmdk file its .vmx names)");
         }
         const ChildLink& link = below.front();
+        check_child_readable(link);
         if (std::find(identities.begin(), identities.end(), link.identity) != identities.end())
             throw InvalidInput(link.path.string() + ": parentFileNameHint: the snapshot chain is a loop; correct the "
                                                     "hint to name the real parent");
@@ -394,6 +414,10 @@ SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access acce
     }
 
     // Other branches: children of a member that are not the next member, with all their descendants.
+    for (const FileIdentity& identity : identities)
+        for (const ChildLink& link : children[identity])
+            check_child_readable(link);
+
     std::set<FileIdentity> on_chain(identities.begin(), identities.end());
     std::vector<std::filesystem::path> branch_paths;  // parents before children
     for (std::size_t i = 0; i < identities.size(); ++i) {

@@ -2,6 +2,8 @@
 
 #include "formats/vmdk/vmdk_disk.hpp"
 
+#include "formats/vmdk/descriptor_syntax.hpp"
+
 #include "core/error.hpp"
 
 #include <algorithm>
@@ -31,7 +33,8 @@ std::string read_at_most(const File& file, std::uint64_t offset, std::uint64_t l
 
 // Reads the parentFileNameHint of the disk whose descriptor is `path`, embedded or separate, reading at
 // most the sparse header and a 1 MiB descriptor. Returns nullopt for a file that is not a VMDK
-// descriptor, fails to parse, or has no hint. The rest of a sparse header is not validated, so that
+// descriptor or has no hint. A descriptor that fails to parse still gives the hint of its
+// parentFileNameHint line, so that a snapshot vmcrypt cannot read is reported as a child, not skipped. The rest of a sparse header is not validated, so that
 // a child in a format vmcrypt does not rewrite (streamOptimized, say) is still found.
 std::optional<std::string> read_parent_hint(const std::filesystem::path& path)
 {
@@ -54,7 +57,11 @@ std::optional<std::string> read_parent_hint(const std::filesystem::path& path)
             if (!looks_like_descriptor(descriptor_bytes))
                 return std::nullopt;
         }
-        return Descriptor::parse(descriptor_bytes, path.string()).parent_file_name_hint();
+        try {
+            return Descriptor::parse(descriptor_bytes, path.string()).parent_file_name_hint();
+        } catch (const InvalidInput&) {
+            return find_parent_hint_line(descriptor_bytes);
+        }
     } catch (const Error&) {
         return std::nullopt;
     }

@@ -126,4 +126,26 @@ top=$(make_snapshot_chain "$dir" monolithicSparse 64M 1)
 edit_descriptor "$top" '^parentFileNameHint=.*\n' ''
 expect_rejected "$dir" 3 "parentFileNameHint: missing" "$top"
 
+# A snapshot whose descriptor vmcrypt cannot parse (its extent name has an ESC character, which qemu
+# accepts) still names its parent: encrypt and consolidate-snapshots reject the parent, inspect lists it.
+dir="$TEST_TMP/unparsable-child"
+mkdir -p "$dir"
+qemu-img create -q -f vmdk "$dir/base.vmdk" 16M
+qemu-io -f vmdk -c "write -P 0x71 0 1M" "$dir/base.vmdk" >/dev/null
+top=base-000001.vmdk
+(cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk "$top")
+odd_child="$dir/$(printf 'c\033x.vmdk')"
+(cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk "$(basename "$odd_child")")
+save_dir_state "$dir" "$TEST_TMP/state.before"
+expect_exit 3 "$VMCRYPT" encrypt "$dir/base.vmdk"
+expect_stderr_contains "$odd_child"
+expect_dir_unchanged "$dir" "$TEST_TMP/state.before" "the rejected encrypt under an unparsable snapshot"
+expect_exit 0 "$VMCRYPT" --json inspect "$dir/base.vmdk"
+"$PYTHON" -c 'import json, sys; assert sys.argv[1] in json.load(sys.stdin)["children"]' "$odd_child" \
+    <<<"$LAST_STDOUT" || fail "expected inspect to list $odd_child among the children: $LAST_STDOUT"
+rm "$dir/$top"
+expect_rejected "$dir" 3 "cannot be read" "$dir/base.vmdk"
+(cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk "$top")
+expect_rejected "$dir" 3 "cannot be read" "$dir/$top"
+
 echo "PASS $TEST_NAME"
