@@ -183,7 +183,10 @@ void sync_directory(const std::filesystem::path& directory)
 std::string read_small_file(const std::filesystem::path& path, std::size_t max_bytes)
 {
     // Reads with read(2) until end of file, so pipes and process substitutions work as well as files.
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NOATIME as in File::open(), so that reading a .vmx or an intent file leaves its access time.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // O_NOATIME needs file ownership
     if (fd < 0)
         throw_errno("open", path);
     struct FdCloser {

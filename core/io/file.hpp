@@ -55,7 +55,8 @@ private:
 // Flushes a directory so that a rename or unlink in it is durable.
 void sync_directory(const std::filesystem::path& directory);
 
-// Reads a whole small file (descriptors, key files); rejects files larger than max_bytes.
+// Reads a whole small file (descriptors, key files); rejects files larger than max_bytes. Like a
+// read-only File::open(), it leaves the access time unchanged where the caller owns the file.
 std::string read_small_file(const std::filesystem::path& path, std::size_t max_bytes);
 
 }  // namespace vmcrypt

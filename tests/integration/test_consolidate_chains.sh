@@ -74,6 +74,13 @@ grep -q "bytes to copy" <<<"$LAST_STDOUT" || fail "expected the dry run to print
 grep -q "vm.vmx" <<<"$LAST_STDOUT" || fail "expected the dry run to list vm.vmx, got: $LAST_STDOUT"
 expect_exit 0 "$VMCRYPT" consolidate-snapshots --dry-run "$top"
 expect_dir_unchanged "$dir" "$TEST_TMP/depth3.state" "consolidate-snapshots --dry-run"
+# The dry run reads a .vmx without changing its access time, as it reads the disks.
+echo 'scsi0:0.fileName = "other.vmdk"' >"$dir/other.vmx"
+touch -d 2020-01-01 "$dir/other.vmx"
+expect_exit 0 "$VMCRYPT" consolidate-snapshots --dry-run "$top"
+[[ $(stat -c %X "$dir/other.vmx") == $(date -d 2020-01-01 +%s) ]] ||
+    fail "consolidate-snapshots --dry-run changed the access time of $dir/other.vmx"
+rm "$dir/other.vmx"
 consolidate_and_check "$top" "$TEST_TMP/depth3.raw" "$dir/base.vmdk"
 grep -qx 'scsi0:0.fileName = "base.vmdk"' "$dir/vm.vmx" || fail "expected vm.vmx to name base.vmdk: $(cat "$dir/vm.vmx")"
 grep -qx 'scsi0:1.fileName = "other.vmdk"' "$dir/vm.vmx" || fail "expected vm.vmx to keep other.vmdk: $(cat "$dir/vm.vmx")"
