@@ -1,6 +1,7 @@
 #include "formats/vmdk/create_type.hpp"
 
 #include "core/error.hpp"
+#include "core/text/shell_words.hpp"
 
 #include <algorithm>
 #include <array>
@@ -51,6 +52,10 @@ Layout layout_of_create_type(std::string_view create_type, std::string_view file
     if (create_type == "streamOptimized")
         throw UnsupportedInput(prefix + "its grains are compressed and cannot be rewritten in place, so convert it "
                                         "first with: " + conversion_hint(file_name));
+    // consolidate-snapshots reads vmfsSparse and seSparse deltas, but not vsanSparse ones.
+    if (create_type == "vmfsSparse" || create_type == "seSparse")
+        throw UnsupportedInput(prefix + "it is a snapshot delta, so merge the chain first with: " +
+                               shell_command({"vmcrypt", "consolidate-snapshots", std::string(file_name)}));
     if (std::ranges::find(delta_types, create_type) != delta_types.end())
         throw UnsupportedInput(prefix + "it is a snapshot delta, so consolidate the snapshots on the host first, "
                                         "or convert the whole chain with: " + conversion_hint(file_name));

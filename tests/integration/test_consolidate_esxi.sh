@@ -48,7 +48,16 @@ for subformat in monolithicFlat vmfs monolithicSparse; do
     [[ $(json_value "$TEST_TMP/plan.json" zeroBytes) == $((4096 + 65536 + 4096)) ]] ||
         fail "$subformat: expected the zero and unmapped grains (73728 bytes) in the plan, got: $LAST_STDOUT"
 
-    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$top"
+    # encrypt rejects the ESXi delta and the base under it, and the command it names merges them.
+    expect_exit 3 "$VMCRYPT" encrypt "$top"
+    expect_stderr_contains "merge the chain first with: vmcrypt consolidate-snapshots $top"
+    expect_exit 3 "$VMCRYPT" encrypt "$dir/base.vmdk"
+    hint=$(sed -n 's/.*merge them first with: //p' <<<"$LAST_STDERR")
+    [[ $hint == "vmcrypt consolidate-snapshots "* ]] ||
+        fail "$subformat: expected encrypt to name consolidate-snapshots, got: $LAST_STDERR"
+    eval "hint_words=($hint)"
+    hint_words[0]=$VMCRYPT
+    expect_exit 0 "${hint_words[@]}"
     expect_files_gone "$dir/base-000001.vmdk" "$dir/base-000001-delta.vmdk" "$dir/base-000002.vmdk" \
         "$dir/base-000002-sesparse.vmdk"
     expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/$subformat.raw" "after merging ESXi deltas into $subformat"
