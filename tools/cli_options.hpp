@@ -37,6 +37,13 @@ struct RewriteCommandOptions {
     std::uint64_t window_mib = 16;
 };
 
+struct QemuSecretCommandOptions {
+    std::string disk;
+    KeyOptions keys;
+    std::string form = "object";  // object, libvirt or raw
+    std::string id = "sec0";      // QEMU object id for the object form
+};
+
 struct ConsolidateCommandOptions {
     std::string disk;
     bool delete_other_branches = false;

@@ -9,6 +9,7 @@ namespace vmcrypt::cli {
 int run_encrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_decrypt(const GlobalOptions& global, const RewriteCommandOptions& options);
 int run_inspect(const GlobalOptions& global, const std::string& disk);
+int run_qemu_secret(const GlobalOptions& global, const QemuSecretCommandOptions& options);
 int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options);
 int run_kms_check(const GlobalOptions& global, const KmsCheckOptions& options);
 int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options);

@@ -237,8 +237,20 @@ int main(int argc, char** argv)
     kms_check->add_option("--kms-config", kms_check_options.kms_config,
                           "KMS configuration file (default: $VMCRYPT_KMS_CONFIG, else $XDG_CONFIG_HOME/vmcrypt/kms.json)");
 
+    vmcrypt::cli::QemuSecretCommandOptions secret_options;
+    CLI::App* qemu_secret = app.add_subcommand("qemu-secret", "print the LUKS secret with which QEMU and libvirt open "
+                                                              "a qcow2 image that vmcrypt encrypted");
+    qemu_secret->add_option("DISK", secret_options.disk, "the .qcow2 image")->required();
+    add_key_options(*qemu_secret, secret_options.keys, false);
+    qemu_secret->add_option("--form", secret_options.form,
+                            "object: secret,id=ID,data=SECRET for --object (default); libvirt: the base64 value "
+                            "for virsh secret-set-value; raw: the secret text")
+        ->check(CLI::IsMember({"object", "libvirt", "raw"}));
+    qemu_secret->add_option("--id", secret_options.id, "the QEMU object id in the object form (default sec0)");
+
     for (CLI::App* command :
-         {encrypt, decrypt, rekey, keys, keys_list, keys_add, keys_remove, inspect, consolidate, kms, kms_check})
+         {encrypt, decrypt, rekey, keys, keys_list, keys_add, keys_remove, inspect, consolidate, kms, kms_check,
+          qemu_secret})
         command->fallthrough();
 
     try {
@@ -268,6 +280,8 @@ int main(int argc, char** argv)
             return vmcrypt::cli::run_encrypt(global, encrypt_options);
         if (decrypt->parsed())
             return vmcrypt::cli::run_decrypt(global, decrypt_options);
+        if (qemu_secret->parsed())
+            return vmcrypt::cli::run_qemu_secret(global, secret_options);
         if (consolidate->parsed())
             return vmcrypt::cli::run_consolidate(global, consolidate_options);
         if (kms_check->parsed())

@@ -12,7 +12,7 @@ namespace vmcrypt::qcow2 {
 // Bytes of the area (4040 sectors, QEMU's length for a 64-byte master key).
 std::uint64_t luks_area_size();
 
-// Builds the area for `dek`. Throws UnsupportedInput when this build cannot write LUKS headers.
+// Builds the area for `dek` (the LUKS master key) with key slot 0 opened by derive_qemu_secret(dek).
 std::vector<std::uint8_t> build_qemu_luks_area(const SecureBytes& dek);
 
 }  // namespace vmcrypt::qcow2
