@@ -40,59 +40,59 @@ std::uint64_t Refcounts::allocate(File& file, std::uint64_t count)
 {
     if (count == 0)
         throw Error(ExitCode::failure, where_ + ": internal error: allocation of 0 clusters");
+
+    // The run and the refcount blocks it lacks, placed right behind it: [start, start + count + missing).
+    // Every cluster of a range without a block has refcount 0, so the search finds the blocks' room too.
+    std::uint64_t start = 0;
+    std::vector<std::uint64_t> missing;
     for (;;) {
-        const std::uint64_t start = find_free_run(count, free_hint_);
-        bool created = false;
-        for (std::uint64_t block_index = start / entries_per_block_;
-             block_index <= (start + count - 1) / entries_per_block_; ++block_index) {
-            if (!has_block(block_index)) {
-                create_block(file, block_index);
-                created = true;
-                break;
-            }
+        start = find_free_run(count + missing.size(), free_hint_);
+        std::vector<std::uint64_t> now;
+        const std::uint64_t end = start + count + missing.size();
+        for (std::uint64_t block_index = start / entries_per_block_; block_index <= (end - 1) / entries_per_block_;
+             ++block_index)
+            if (!has_block(block_index))
+                now.push_back(block_index);
+        if (!now.empty() && now.back() >= table_.size()) {
+            grow_table(file, now.back() + 1);
+            missing.clear();
+            continue;
         }
-        if (created)
-            continue;  // the new block took a cluster, which may be inside the run
-
-        for (std::uint64_t cluster = start; cluster < start + count; ++cluster)
-            set(cluster, 1);
-        flush(file);
-        // COMMIT POINT: the clusters are durably in use. A crash before the caller links them leaks them.
-        fault_point("qcow2-clusters-allocated");
-        if (count == 1 && start == free_hint_)
-            free_hint_ = start + 1;
-        file_clusters_ = std::max(file_clusters_, start + count);
-        return start << cluster_bits_;
+        const bool fits = now.size() <= missing.size();
+        missing = now;
+        if (fits)
+            break;  // the run found has room for every block it lacks
     }
-}
 
-// Creates the refcount block for clusters [block_index * N, (block_index + 1) * N) in the first cluster
-// of that range, which describes itself. All of that range has refcount 0 while the block is missing,
-// so the cluster is free.
-void Refcounts::create_block(File& file, std::uint64_t block_index)
-{
-    if (block_index >= table_.size()) {
-        grow_table(file, block_index + 1);
-        return;
-    }
     const std::uint64_t cluster_size = std::uint64_t{1} << cluster_bits_;
-    const std::uint64_t cluster = block_index * entries_per_block_;
-    table_[block_index] = cluster << cluster_bits_;
-    blocks_[block_index].assign(cluster_size, 0);
-    set(cluster, 1);
-    dirty_sectors_.erase(block_index);
-
-    file.write_exact(table_[block_index], blocks_[block_index]);
-    file.sync_data();
-    fault_point("qcow2-refblock-written");
-
-    std::uint8_t entry[8];
-    store_be64(entry, 0, table_[block_index]);
-    file.write_exact(table_offset_ + block_index * 8, entry);
-    file.sync_data();
-    // COMMIT POINT: the block is part of the refcount structures.
-    fault_point("qcow2-reftable-entry-written");
-    file_clusters_ = std::max(file_clusters_, cluster + 1);
+    for (std::size_t k = 0; k < missing.size(); ++k) {
+        table_[missing[k]] = (start + count + k) << cluster_bits_;
+        blocks_[missing[k]].assign(cluster_size, 0);
+    }
+    const std::uint64_t end = start + count + missing.size();
+    for (std::uint64_t cluster = start; cluster < end; ++cluster)
+        set(cluster, 1);
+    for (std::uint64_t block_index : missing) {
+        file.write_exact(table_[block_index], blocks_[block_index]);
+        dirty_sectors_.erase(block_index);
+    }
+    flush(file);  // raised refcounts in existing blocks, and a sync for the new blocks
+    if (!missing.empty()) {
+        fault_point("qcow2-refblock-written");
+        for (std::uint64_t block_index : missing) {
+            std::uint8_t entry[8];
+            store_be64(entry, 0, table_[block_index]);
+            file.write_exact(table_offset_ + block_index * 8, entry);
+        }
+        file.sync_data();
+        fault_point("qcow2-reftable-entry-written");
+    }
+    // COMMIT POINT: the clusters are durably in use. A crash before the caller links them leaks them.
+    fault_point("qcow2-clusters-allocated");
+    if (start == free_hint_)
+        free_hint_ = end;
+    file_clusters_ = std::max(file_clusters_, end);
+    return start << cluster_bits_;
 }
 
 // Moves the refcount table to a larger one after every used cluster, with the new blocks that the

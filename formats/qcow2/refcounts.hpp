@@ -60,7 +60,6 @@ private:
     Refcounts() = default;
     bool has_block(std::uint64_t block_index) const;
     std::uint64_t find_free_run(std::uint64_t count, std::uint64_t start) const;
-    void create_block(File& file, std::uint64_t block_index);
     void grow_table(File& file, std::uint64_t needed_entries);
 
     std::string where_;
