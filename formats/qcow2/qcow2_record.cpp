@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/luks_area.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
 
 #include <algorithm>
@@ -51,14 +52,15 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
     const bool encrypted = field_value(*fields, "state") == "encrypted";
     next.crypt_method = static_cast<std::uint32_t>(encrypted ? CryptMethod::luks : CryptMethod::vmcrypt_in_progress);
     if (!next.find_extension(ext_crypto)) {
-        std::optional<CryptoHeaderPointer> area = prepared_area_;
-        if (!area)
-            throw Error(ExitCode::failure, name_ + ": internal error: the record needs a LUKS area, but none was prepared");
+        // A resumed encrypt computes its final record before the journaled start write names the area.
+        // That write is only sized, then recomputed once the area is known, so a pointer to offset 0
+        // stands in: apply() rejects it, because the header parser rejects offset 0.
+        CryptoHeaderPointer area = prepared_area_.value_or(CryptoHeaderPointer{0, luks_area_size()});
         HeaderExtension crypto;
         crypto.type = ext_crypto;
         crypto.data.resize(16);
-        store_be64(crypto.data, 0, area->offset);
-        store_be64(crypto.data, 8, area->length);
+        store_be64(crypto.data, 0, area.offset);
+        store_be64(crypto.data, 8, area.length);
         next.extensions.push_back(std::move(crypto));
     }
     HeaderExtension record;
