@@ -101,6 +101,15 @@ public:
     // disk can check that its final form fits before it writes. Each change must leave a valid
     // plaintext disk with the same guest data, whatever the moment of a crash; data_runs() and
     // record_update() reflect the changes afterwards. The default has nothing to prepare.
+    // Unlocks another product's encryption that vmcrypt can decrypt (a QEMU LUKS qcow2) and returns its
+    // data key, or nullopt when the disk has no such encryption. Throws KeyUnavailable when `passphrase`
+    // is null and WrongKey when it does not open the disk. The default has none.
+    virtual std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase)
+    {
+        (void)passphrase;
+        return std::nullopt;
+    }
+
     virtual void prepare_encrypt(const SecureBytes& dek, const RecordFields& record)
     {
         (void)dek;

@@ -176,7 +176,16 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
     lock_disk(*disk);
     if (operation == Operation::encrypt)
         check_no_unfinished_merge(path, where, disk->record() ? DiskContent::encrypted : DiskContent::plaintext);
-    check_relations(*disk, where);
+    // Decrypt of another product's encryption that vmcrypt can unlock (QEMU LUKS with its passphrase).
+    std::optional<SecureBytes> foreign_dek;
+    KeySource* foreign_source = nullptr;
+    if (operation == Operation::decrypt && !disk->record() && disk->foreign_encryption()) {
+        for (auto& source : sources)
+            if (!foreign_source && source->passphrase())
+                foreign_source = source.get();
+        foreign_dek = disk->unlock_foreign(foreign_source ? foreign_source->passphrase() : nullptr);
+    }
+    check_relations(*disk, where, foreign_dek.has_value());
 
     std::optional<RecordFields> fields = disk->record();
     if (fields) {
@@ -219,6 +228,21 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
                 source->discard_sealed();
             throw;
         }
+        for (const KeySlot& slot : record.key_slots)
+            report.key_slots.push_back(slot_summary(slot));
+    } else if (foreign_dek) {
+        // The foreign key becomes the DEK, sealed into a passphrase slot with the same passphrase, so a
+        // resumed run unlocks it like any vmcrypt record.
+        dek = *foreign_dek;
+        EncryptionRecord record;
+        record.tweak = disk->tweak_rule();
+        record.zero_units = disk->zero_unit_rule();
+        record.key_slots.push_back(foreign_source->seal(dek));
+        record.state = RecordState::decrypting;
+        record.seal(dek);
+        plan.start_metadata = disk->record_update(record.to_fields());
+        plan.journal_record = record.to_fields();
+        plan.final_metadata = disk->record_update(std::nullopt);
         for (const KeySlot& slot : record.key_slots)
             report.key_slots.push_back(slot_summary(slot));
     } else {

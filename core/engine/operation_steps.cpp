@@ -59,9 +59,10 @@ std::string merge_command(const Disk& disk, const std::string& where, const std:
 
 }  // namespace
 
-void check_relations(Disk& disk, const std::string& where)
+void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked)
 {
-    if (auto foreign = disk.foreign_encryption())
+    auto foreign = disk.foreign_encryption();
+    if (foreign && !foreign_unlocked)
         throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
                              "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");
 

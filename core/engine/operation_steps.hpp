@@ -27,8 +27,9 @@ std::string slot_summary(const KeySlot& slot);
 // A random 64-byte XTS key whose halves differ.
 SecureBytes new_dek();
 
-// Checks that the disk may be rewritten at all: no foreign encryption, no snapshots.
-void check_relations(Disk& disk, const std::string& where);
+// Checks that the disk may be rewritten at all: no foreign encryption (unless vmcrypt unlocked it to
+// decrypt it), no snapshots.
+void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked = false);
 
 // The suffix of the intent file that an unfinished consolidate-snapshots run keeps next to the base
 // disk of the chain: "<base>.vmcrypt-consolidate", the base's path with symbolic links resolved.

@@ -43,6 +43,10 @@ public:
         (void)slot;
         return nullptr;
     }
+
+    // The passphrase itself, for a disk whose other encryption is unlocked by a passphrase (a QEMU LUKS
+    // key slot); nullptr for sources that hold no passphrase.
+    virtual const SecureBytes* passphrase() const { return nullptr; }
 };
 
 // Seals the DEK with `source` and records the slot's creation time (the "created" parameter, UTC, ISO

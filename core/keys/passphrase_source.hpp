@@ -19,6 +19,7 @@ public:
     SecureBytes unseal(const KeySlot& slot) override;
     // Seals with the same passphrase and the Argon2id cost of `slot`, under a new salt.
     std::unique_ptr<KeySource> same_kek_sealer(const KeySlot& slot) override;
+    const SecureBytes* passphrase() const override { return &passphrase_; }
 
 private:
     SecureBytes passphrase_;

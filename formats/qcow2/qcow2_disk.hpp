@@ -45,6 +45,7 @@ public:
     std::optional<std::string> foreign_encryption() const override;
     std::vector<ExtentInfo> extents() const override;
     void prepare_encrypt(const SecureBytes& dek, const RecordFields& record) override;
+    std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
 
     const Header& header() const { return header_; }
     const ClusterMap& cluster_map() const { return map_; }

@@ -66,8 +66,8 @@ void QcowDisk::prepare_encrypt(const SecureBytes& dek, const RecordFields& recor
 void QcowDisk::repair_leaks()
 {
     if (!references_complete()) {
-        // NOTE: bitmaps, snapshots or unknown extensions may own clusters vmcrypt cannot see, so a
-        // leak cannot be told from them; leaks stay until qemu-img check -r leaks.
+        // NOTE: bitmaps, snapshots or unknown extensions may own clusters that vmcrypt cannot see, so
+        // their clusters would look leaked. Real leaks stay until qemu-img check -r leaks.
         log_info(name_ + ": not checking for leaked clusters: the image has bitmaps or unknown extensions");
         return;
     }

@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/luks1_header.hpp"
 #include "formats/qcow2/luks_area.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
 
@@ -53,8 +54,8 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
     next.crypt_method = static_cast<std::uint32_t>(encrypted ? CryptMethod::luks : CryptMethod::vmcrypt_in_progress);
     if (!next.find_extension(ext_crypto)) {
         // A resumed encrypt computes its final record before the journaled start write names the area.
-        // That write is only sized, then recomputed once the area is known, so a pointer to offset 0
-        // stands in: apply() rejects it, because the header parser rejects offset 0.
+        // That header is only measured and is built again once the area is known. Its placeholder
+        // pointer to offset 0 can never be written, because apply() parses it and rejects offset 0.
         CryptoHeaderPointer area = prepared_area_.value_or(CryptoHeaderPointer{0, luks_area_size()});
         HeaderExtension crypto;
         crypto.type = ext_crypto;
@@ -110,8 +111,8 @@ void QcowDisk::apply(const MetadataWrite& update)
     std::optional<CryptoHeaderPointer> area = header_.crypto_header();
     if (area && !next.crypto_header() && refcounts_) {
         // Decrypt's last step. The guard still blocks every other program, so the area may be released
-        // before the header stops naming it; a crash in between is finished by the journal's replay of
-        // this write, and nothing leaks.
+        // before the header stops naming it. After a crash in between, the journal replays this write,
+        // and nothing leaks.
         const std::uint64_t first = area->offset >> header_.cluster_bits;
         const std::uint64_t count = (area->length + header_.cluster_size() - 1) >> header_.cluster_bits;
         if (refcounts_->get(first) != 0)
@@ -128,6 +129,23 @@ void QcowDisk::apply(const MetadataWrite& update)
     file.sync_data();
     prepared_area_.reset();
     load(false);
+}
+
+std::optional<SecureBytes> QcowDisk::unlock_foreign(const SecureBytes* passphrase)
+{
+    std::optional<CryptoHeaderPointer> pointer = header_.crypto_header();
+    if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::luks || record_ || !pointer)
+        return std::nullopt;
+
+    std::vector<std::uint8_t> area(static_cast<std::size_t>(pointer->length));
+    if (!file_->read_exact(pointer->offset, area))
+        throw InvalidInput(name_ + ": LUKS header area at " + hex(pointer->offset) + " is past the end of the file");
+    const std::string where = name_ + ": LUKS header";
+    LuksHeader luks = parse_luks_header(area, where);
+    if (!passphrase)
+        throw KeyUnavailable(name_ + ": the image is encrypted by QEMU with LUKS; give its passphrase with "
+                                     "--passphrase-file, --passphrase-fd or --passphrase to decrypt it");
+    return unlock_luks(luks, area, *passphrase, where);
 }
 
 }  // namespace vmcrypt::qcow2
