@@ -27,12 +27,12 @@ print(json.dumps(value) if isinstance(value, (dict, list, bool)) or value is Non
 PY
 }
 
-# Runs qemu-img with the arguments, retrying up to 5 times when it fails with "Unable to get accurate
+# Runs qemu-img with the arguments, retrying up to 10 times when it fails with "Unable to get accurate
 # CPU usage": qemu-img 7.2 measures the PBKDF2 speed for a LUKS key slot and fails when a loaded
 # machine gives its benchmark no measurable CPU time.
 qemu_img_retrying() {
     local attempt
-    for attempt in 1 2 3 4 5; do
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
         if qemu-img "$@" 2>"$TEST_TMP/qemu-img.err"; then
             return 0
         fi

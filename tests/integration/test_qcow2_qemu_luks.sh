@@ -14,7 +14,7 @@ printf '%s' WRONG >"$TEST_TMP/wrong"
 secret_opts="driver=qcow2,file.filename=$image,encrypt.key-secret=sec0"
 
 qemu_img_retrying create -q -f qcow2 --object "$QEMU_SECRET_OBJECT" \
-    -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 "$image" 64M
+    -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100 "$image" 64M
 qemu-io --object "$QEMU_SECRET_OBJECT" --image-opts "$secret_opts" -c 'write -P 0x5a 0 3M' \
     -c 'write -P 0xa5 20M 2M' -c 'write -z 30M 1M' -c 'write -P 0x3c 67108352 512' >/dev/null
 qemu-img convert --object "$QEMU_SECRET_OBJECT" --image-opts "$secret_opts" -O raw "$dir/plain.raw"

@@ -73,7 +73,7 @@ expect_inspect qcow2.compressionType zstd
 expect_inspect qcow2.allocation.compressedClusters 16
 
 qemu_img_retrying create -q -f qcow2 --object "$QEMU_SECRET_OBJECT" \
-    -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 "$dir/luks.qcow2" 16M
+    -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100 "$dir/luks.qcow2" 16M
 inspect_json "$dir/luks.qcow2"
 expect_inspect qcow2.encryption qemu-luks
 expect_inspect qcow2.luksArea.offset 262144
