@@ -89,20 +89,7 @@ OperationReport resume_deep_rekey(const std::filesystem::path& path, const std::
     }
     Journal journal = Journal::open(journal_path, dek);
     JournalEntry newest = journal.newest();
-    if (auto lock_folder = find_vmware_lock(path))
-        throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
-                        " exists; power off the VM (or remove a stale lock folder) and retry");
-
-    std::unique_ptr<Disk> disk;
-    try {
-        disk = opener(path, Access::read_write);
-    } catch (const Error& e) {
-        if (e.code() != ExitCode::invalid_input || newest.phase == JournalPhase::window)
-            throw;
-        replay_metadata(path, *newest.metadata);
-        disk = opener(path, Access::read_write);
-    }
-    lock_disk(*disk);
+    std::unique_ptr<Disk> disk = open_for_resume(path, where, newest, opener);
 
     EncryptionRecord record = EncryptionRecord::from_fields(summary.header.record, journal_path.string());
     SecureBytes previous = record.unwrap_previous_dek(dek, journal_path.string());

@@ -142,22 +142,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         }
         Journal journal = Journal::open(journal_path, dek);
         JournalEntry newest = journal.newest();
-        if (auto lock_folder = find_vmware_lock(path))
-            throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
-                            " exists; power off the VM (or remove a stale lock folder) and retry");
-
-        // Nothing is written before the checks below unless the descriptor cannot be parsed. A crash in the
-        // middle of an in-place metadata write can leave it so, and the journal contains its complete bytes.
-        std::unique_ptr<Disk> disk;
-        try {
-            disk = opener(path, Access::read_write);
-        } catch (const Error& e) {
-            if (e.code() != ExitCode::invalid_input || newest.phase == JournalPhase::window)
-                throw;
-            replay_metadata(path, *newest.metadata);
-            disk = opener(path, Access::read_write);
-        }
-        lock_disk(*disk);
+        std::unique_ptr<Disk> disk = open_for_resume(path, where, newest, opener);
         check_journal_belongs(operation, newest.phase, summary->header.record, disk->record(), journal_path);
 
         EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);

@@ -4,8 +4,9 @@
 #include "core/crypto/xts.hpp"
 #include "core/engine/data_check.hpp"
 #include "core/engine/operation.hpp"
-#include "core/text/shell_words.hpp"
 #include "core/error.hpp"
+#include "core/io/locks.hpp"
+#include "core/text/shell_words.hpp"
 
 #include <algorithm>
 #include <set>
@@ -198,6 +199,26 @@ OperationReport add_resume_hint(Operation operation, const std::filesystem::path
                                   " is unfinished but the disk is consistent: fix the cause and run `" +
                                   resume_command(operation, disk_path) + "` to resume");
     }
+}
+
+std::unique_ptr<Disk> open_for_resume(const std::filesystem::path& path, const std::string& where,
+                                      const JournalEntry& newest, const DiskOpener& opener)
+{
+    if (auto lock_folder = find_vmware_lock(path))
+        throw DiskInUse(where + ": VMware lock folder " + lock_folder->string() +
+                        " exists; power off the VM (or remove a stale lock folder) and retry");
+
+    std::unique_ptr<Disk> disk;
+    try {
+        disk = opener(path, Access::read_write);
+    } catch (const Error& e) {
+        if (e.code() != ExitCode::invalid_input || newest.phase == JournalPhase::window)
+            throw;
+        replay_metadata(path, *newest.metadata);
+        disk = opener(path, Access::read_write);
+    }
+    lock_disk(*disk);
+    return disk;
 }
 
 }  // namespace vmcrypt

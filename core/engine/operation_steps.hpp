@@ -51,6 +51,12 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
                                        RewriteOptions& options);
 
 
+// Opens and locks a disk whose unfinished operation the journal entry `newest` records. Nothing is written
+// unless the metadata cannot be parsed: a crash inside an in-place metadata write can leave it so, and then
+// the entry's complete metadata bytes are written back first.
+std::unique_ptr<Disk> open_for_resume(const std::filesystem::path& path, const std::string& where,
+                                      const JournalEntry& newest, const DiskOpener& opener);
+
 // The DEK and the slot that opened it.
 struct UnlockedKey {
     SecureBytes dek;

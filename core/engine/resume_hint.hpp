@@ -1,6 +1,6 @@
 #pragma once
-// The command a message tells the user to run to finish an unfinished operation. It must work as
-// printed: the same subcommand, the key options that unlock the disk, and the disk path, shell-quoted.
+// The command that an error message names to finish an unfinished operation. It must work as printed,
+// so it contains the same subcommand, the key options that unlock the disk, and the shell-quoted disk path.
 
 #include "core/engine/journal.hpp"
 
