@@ -276,8 +276,10 @@ Header parse_header(std::span<const std::uint8_t> cluster0, std::uint64_t file_s
         if (header.backing_file_size > max_backing_name || header.backing_file_size == 0)
             throw errors.invalid("backing_file_size", std::to_string(header.backing_file_size) +
                                                           " is not 1 to 1023 bytes");
-        if (header.backing_file_offset < header.header_length ||
-            header.backing_file_offset + header.backing_file_size > std::min<std::uint64_t>(cluster_size, cluster0.size()))
+        // Compare against the room left so that an offset near 2^64 cannot wrap past the bound.
+        const std::uint64_t cluster0_end = std::min<std::uint64_t>(cluster_size, cluster0.size());
+        if (header.backing_file_offset < header.header_length || header.backing_file_offset > cluster0_end ||
+            header.backing_file_size > cluster0_end - header.backing_file_offset)
             throw errors.invalid("backing_file_offset", hex(header.backing_file_offset) +
                                                             " puts the backing file name outside cluster 0");
         header.backing_file.assign(reinterpret_cast<const char*>(cluster0.data() + header.backing_file_offset),

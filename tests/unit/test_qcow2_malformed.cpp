@@ -260,6 +260,15 @@ std::vector<MalformedImage> malformed_images()
              return path;
          },
          Expected::invalid, "backing_file_size 2000"},
+        {"backing file offset that wraps past 2^64",
+         // Found by fuzz_qcow2_header: offset + size overflowed and passed the cluster 0 bound.
+         [](const TempFolder& f) {
+             auto path = make_image(f);
+             patch_be(path, 8, 0xffffffffffffff48, 8);
+             patch_be(path, 16, 0x200, 4);
+             return path;
+         },
+         Expected::invalid, "backing_file_offset 0xffffffffffffff48"},
         {"unknown incompatible feature",
          [](const TempFolder& f) {
              auto path = make_image(f);
