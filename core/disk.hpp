@@ -96,11 +96,6 @@ public:
 
     virtual std::vector<ExtentInfo> extents() const = 0;
 
-    // Structural changes an encrypt needs before its journal exists (qcow2: decompress compressed
-    // clusters, allocate and write the LUKS header area). `record` is the in-progress record, so the
-    // disk can check that its final form fits before it writes. Each change must leave a valid
-    // plaintext disk with the same guest data, whatever the moment of a crash; data_runs() and
-    // record_update() reflect the changes afterwards. The default has nothing to prepare.
     // Unlocks another product's encryption that vmcrypt can decrypt (a QEMU LUKS qcow2) and returns its
     // data key, or nullopt when the disk has no such encryption. Throws KeyUnavailable when `passphrase`
     // is null and WrongKey when it does not open the disk. The default has none.
@@ -110,6 +105,11 @@ public:
         return std::nullopt;
     }
 
+    // Structural changes an encrypt needs before its journal exists (qcow2: decompress compressed
+    // clusters, allocate and write the LUKS header area). `record` is the in-progress record, so the
+    // disk can check that its final form fits before it writes. Each change must leave a valid
+    // plaintext disk with the same guest data, whatever the moment of a crash. Afterwards data_runs()
+    // and record_update() reflect the changes. The default has nothing to prepare.
     virtual void prepare_encrypt(const SecureBytes& dek, const RecordFields& record)
     {
         (void)dek;

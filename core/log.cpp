@@ -1,4 +1,5 @@
 #include "core/log.hpp"
+#include "core/text/terminal_text.hpp"
 
 #include <atomic>
 #include <cstdio>
@@ -40,7 +41,7 @@ void log(LogLevel level, const std::string& message)
 {
     if (level > current_level.load())
         return;
-    std::fprintf(stderr, "vmcrypt: %s: %s\n", level_name(level), message.c_str());
+    std::fprintf(stderr, "vmcrypt: %s: %s\n", level_name(level), terminal_line(message).c_str());
 }
 
 }  // namespace vmcrypt

@@ -3,6 +3,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/text/terminal_text.hpp"
 #include "tools/commands.hpp"
 
 #include <CLI/CLI.hpp>
@@ -107,21 +108,11 @@ void add_global_options(CLI::App& app, vmcrypt::cli::GlobalOptions& global)
         ->check(CLI::IsMember({"auto", "bar", "json", "none"}));
 }
 
-std::string one_line(std::string text)
-{
-    for (char& c : text)
-        if (c == '\n' || c == '\r')
-            c = ' ';
-    while (!text.empty() && text.back() == ' ')
-        text.pop_back();
-    return text;
-}
-
 int report_error(const vmcrypt::cli::GlobalOptions& global, int code, const std::string& message)
 {
-    std::fprintf(stderr, "vmcrypt: %s\n", one_line(message).c_str());
+    std::fprintf(stderr, "vmcrypt: %s\n", vmcrypt::terminal_line(message).c_str());
     if (global.json) {
-        nlohmann::json error = {{"schema", "vmcrypt-error/1"}, {"exitCode", code}, {"error", one_line(message)}};
+        nlohmann::json error = {{"schema", "vmcrypt-error/1"}, {"exitCode", code}, {"error", vmcrypt::terminal_line(message)}};
         std::printf("%s\n", error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return code;

@@ -69,6 +69,15 @@ expect_exit 2 "$VMCRYPT" encrypt --window-size many "$disk"
 expect_exit 2 "$VMCRYPT" encrypt --pbkdf-memory lots --passphrase-file "$TEST_TMP/passphrase.txt" "$disk"
 expect_contents_unchanged "$dir" "$TEST_TMP/hashes.plain" "usage errors"
 
+# A path with an escape sequence and a line break is printed escaped, on one line, so a crafted name
+# cannot rewrite the terminal or fake a second message.
+crafted=$TEST_TMP/$'evil\e[2J\nname.vmdk'
+expect_exit 3 "$VMCRYPT" inspect "$crafted"
+expect_stderr_contains 'evil\x1b[2J name.vmdk'
+if grep -q $'\e' "$TEST_TMP/last.stderr"; then
+    fail "an ESC byte reached stderr: $LAST_STDERR"
+fi
+
 # --quiet prints nothing on success, before or after the subcommand.
 expect_exit 0 "$VMCRYPT" --quiet encrypt "$disk"
 if [[ -n $LAST_STDOUT$LAST_STDERR ]]; then
