@@ -6,10 +6,12 @@
 #include "core/engine/key_change.hpp"
 #include "core/engine/operation_steps.hpp"
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <set>
 
 namespace vmcrypt {
@@ -42,12 +44,38 @@ bool has_state(const RecordFields& fields, RecordState state)
     }
 }
 
+bool verifies_with(const RecordFields& fields, const SecureBytes& dek)
+{
+    try {
+        EncryptionRecord::from_fields(fields, "").verify_mac(dek, "");
+        return true;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+// The record's dataCheck value when it has the form of a whole one (44 base64 characters).
+std::optional<std::string> well_formed_data_check(const RecordFields& fields)
+{
+    for (const auto& [name, value] : fields) {
+        if (name != "dataCheck")
+            continue;
+        const bool base64 = value.size() == 44 && std::all_of(value.begin(), value.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '=';
+        });
+        if (base64)
+            return value;
+    }
+    return std::nullopt;
+}
+
 // Rejects a journal that does not belong to the disk's current record: an old copy put back, or a
 // replaced descriptor. Resuming such a journal would rewrite finished windows a second time or drop
 // the only wrapped copy of a DEK. `journal_record` is the in-progress record the journal carries.
-void check_journal_belongs(Operation operation, JournalPhase phase, const RecordFields& journal_record,
-                           const std::optional<RecordFields>& current, const std::filesystem::path& journal_path)
+void check_journal_belongs(Disk& disk, Operation operation, JournalPhase phase, const RecordFields& journal_record,
+                           const SecureBytes& dek, const std::filesystem::path& journal_path)
 {
+    const std::optional<RecordFields> current = disk.record();
     bool belongs = current && *current == journal_record;
     const bool encrypting = operation == Operation::encrypt;
     if (!belongs && phase == JournalPhase::metadata)  // the start record may not be written yet
@@ -58,6 +86,26 @@ void check_journal_belongs(Operation operation, JournalPhase phase, const Record
         belongs = encrypting ? current && has_state(*current, RecordState::encrypted) &&
                                    same_key_slots(*current, journal_record)
                              : !current;
+
+    // A crash in the middle of the pending descriptor write (start or final record) leaves a mixture of
+    // the old and the new record, which fails its MAC under the DEK, and the journaled write replaces it.
+    // Two look-alikes are still rejected. A whole record of another encryption has a well-formed
+    // dataCheck that is neither the journal's nor the data's under the journal's DEK, whereas a mixture
+    // keeps the old or the new value or cuts the line. And before a decrypt's first window, the data
+    // must still be under the journal's DEK.
+    if (!belongs && phase != JournalPhase::window && current && !verifies_with(*current, dek)) {
+        const EncryptionRecord journal_view = EncryptionRecord::from_fields(journal_record, "");
+        const std::string data_check = compute_data_check(disk, dek);
+        const std::optional<std::string> current_check = well_formed_data_check(*current);
+        const bool other_record =
+            current_check && *current_check != journal_view.data_check && *current_check != data_check;
+        const bool other_data = operation == Operation::decrypt && phase == JournalPhase::metadata &&
+                                !journal_view.data_check.empty() && data_check != journal_view.data_check;
+        belongs = !other_record && !other_data;
+        if (belongs)
+            log_info(journal_path.string() + ": the disk's encryption record does not verify, as a write torn by a "
+                     "crash leaves it; the journaled write replaces it");
+    }
     if (!belongs)
         throw InvalidInput(journal_path.string() + ": the journal does not match the disk's encryption record, so "
                            "it is an old copy or the descriptor was replaced; nothing was written. If the disk is "
@@ -143,7 +191,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         Journal journal = Journal::open(journal_path, dek);
         JournalEntry newest = journal.newest();
         std::unique_ptr<Disk> disk = open_for_resume(path, where, newest, opener);
-        check_journal_belongs(operation, newest.phase, summary->header.record, disk->record(), journal_path);
+        check_journal_belongs(*disk, operation, newest.phase, summary->header.record, dek, journal_path);
 
         EncryptionRecord record = EncryptionRecord::from_fields(summary->header.record, where);
         MetadataWrite final_metadata = operation == Operation::encrypt
