@@ -1027,3 +1027,32 @@ print(int.from_bytes(os.pread(fd, width, offset), "little"))
 os.close(fd)
 PY
 }
+
+# Prints the sector count of the newest journal entry's metadata write, or with DISK_FILE and SECTORS
+# writes its first SECTORS sectors into DISK_FILE, as a crash in the middle of that write leaves it.
+# Usage: pending_write JOURNAL [DISK_FILE SECTORS]
+pending_write() {
+    "$PYTHON" - "$@" <<'PY'
+import os, struct, sys
+journal = open(sys.argv[1], "rb").read()
+slot_size = struct.unpack_from("<Q", journal, 36)[0]
+entries = []
+for slot in (0, 1):
+    entry = 8192 + slot * slot_size
+    if journal[entry:entry + 8] != b"\0" * 8 and len(journal) >= entry + 512:
+        entries.append((struct.unpack_from("<Q", journal, entry + 8)[0], entry))
+entry = max(entries)[1]
+length, file_index, offset = struct.unpack_from("<QQQ", journal, entry + 48)
+if len(sys.argv) == 2:
+    print((length + 511) // 512)
+    sys.exit()
+disk_path, sectors = sys.argv[2], int(sys.argv[3])
+new = journal[entry + 512:entry + 512 + length]
+fd = os.open(disk_path, os.O_RDWR)
+old_size = os.fstat(fd).st_size
+if offset == 0 and old_size > len(new):
+    new = new + bytes(old_size - len(new))  # vmcrypt pads a shrinking descriptor file with NULs
+os.pwrite(fd, new[:sectors * 512], offset)
+os.close(fd)
+PY
+}

@@ -53,35 +53,13 @@ check_torn_writes() {
     local journal="$case_dir/disk.vmdk.vmcrypt-journal"
     [[ -e $journal ]] || fail "$label: expected a journal after the kill at journal-created"
     local count
-    count=$("$PYTHON" - "$journal" <<'PY'
-import struct, sys
-journal = open(sys.argv[1], "rb").read()
-slot_size = struct.unpack_from("<Q", journal, 36)[0]
-entry = 8192 + slot_size  # entry 1 lives in slot 1
-length = struct.unpack_from("<Q", journal, entry + 48)[0]
-print((length + 511) // 512)
-PY
-)
+    count=$(pending_write "$journal")
     local sectors
     for sectors in $(seq 1 "$count"); do
         local torn="$TEST_TMP/torn"
         rm -rf "$torn"
         cp -a --sparse=always "$case_dir" "$torn"
-        "$PYTHON" - "$journal" "$torn/disk.vmdk" "$sectors" <<'PY'
-import os, struct, sys
-journal_path, disk_path, sectors = sys.argv[1], sys.argv[2], int(sys.argv[3])
-journal = open(journal_path, "rb").read()
-slot_size = struct.unpack_from("<Q", journal, 36)[0]
-entry = 8192 + slot_size
-length, file_index, offset = struct.unpack_from("<QQQ", journal, entry + 48)
-new = journal[entry + 512:entry + 512 + length]
-fd = os.open(disk_path, os.O_RDWR)
-old_size = os.fstat(fd).st_size
-if offset == 0 and old_size > len(new):
-    new = new + bytes(old_size - len(new))  # vmcrypt pads a shrinking descriptor file with NULs
-os.pwrite(fd, new[:sectors * 512], offset)
-os.close(fd)
-PY
+        pending_write "$journal" "$torn/disk.vmdk" "$sectors"
         expect_opens_with_a_or_b "$torn" "($label, descriptor torn after $sectors of $count sectors)"
     done
     echo "$TEST_NAME: $label: $count torn descriptor writes recovered"
