@@ -115,6 +115,20 @@ public:
         (void)dek;
         (void)record;
     }
+
+    // Copies of the DEK that the format keeps in its own metadata and that a deep rekey must replace
+    // (qcow2: the LUKS header area, whose master key is the DEK). Called before the journal exists, after
+    // every check, with the new DEK and the in-progress (rekeying) record. The disk checks that its
+    // rekeying and final metadata fit, then writes the new copies where nothing refers to them yet, so a
+    // crash at any moment leaves the disk as it was (at worst with leaked space). Afterwards
+    // record_update() for the rekeying state names the new copies next to the old ones, and the final
+    // (encrypted) update switches to them, so they take effect in the engine's journaled final write.
+    // The default has nothing to prepare.
+    virtual void prepare_rekey(const SecureBytes& new_dek, const RecordFields& record)
+    {
+        (void)new_dek;
+        (void)record;
+    }
 };
 
 }  // namespace vmcrypt

@@ -156,11 +156,6 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
         throw InvalidInput(where + ": encryption record field zeroUnits is \"" + old_record.zero_units + "\" but a " +
                            disk->format() + " disk uses \"" + disk->zero_unit_rule() +
                            "\"; the record does not belong to this disk");
-    // NOTE: a qcow2 disk (tweak host-sector) also keeps the DEK as the master key of its LUKS header,
-    // which a deep rekey would have to rebuild. The format boundary has no hook for that yet.
-    if (old_record.tweak == "host-sector")
-        throw UnsupportedInput(where + ": a deep rekey of a disk whose format stores the DEK in its own header "
-                               "(qcow2 with LUKS) is not supported yet; a shallow rekey (without --deep) works");
     for (auto& source : seal)
         source->check_ready();
 
@@ -207,6 +202,9 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
 
         record.wrap_previous_dek(old_key.dek, dek);
         record.seal(dek);
+        // The format's own copies of the DEK (a qcow2 LUKS area): written unreferenced now, named by the
+        // start metadata and switched to by the final metadata.
+        disk->prepare_rekey(dek, record.to_fields());
         plan.start_metadata = disk->record_update(record.to_fields());
         plan.journal_record = record.to_fields();
 

@@ -73,7 +73,8 @@ void parse_extensions(Header& header, std::span<const std::uint8_t> cluster0, st
         extension.type = type;
         extension.data.assign(cluster0.begin() + offset + 8, cluster0.begin() + offset + 8 + length);
         for (const HeaderExtension& earlier : header.extensions)
-            if (earlier.type == type && (type == ext_crypto || type == ext_vmcrypt || type == ext_data_file ||
+            if (earlier.type == type && (type == ext_crypto || type == ext_vmcrypt || type == ext_vmcrypt_next_luks ||
+                                         type == ext_data_file ||
                                          type == ext_backing_format || type == ext_bitmaps))
                 throw errors.invalid("extension " + hex(type), "appears twice");
         header.extensions.push_back(std::move(extension));
@@ -109,6 +110,29 @@ void validate_crypto(const Header& header, std::uint64_t file_size, const FieldE
         throw errors.invalid("crypt_method", "is 2 (LUKS) but the crypto header extension (0x0537be77) that locates "
                                              "the LUKS header is missing; the image cannot be decrypted by anyone");
     }
+
+    if (const HeaderExtension* next = header.find_extension(ext_vmcrypt_next_luks)) {
+        if (method != CryptMethod::vmcrypt_in_progress || !crypto)
+            throw errors.invalid("vmcrypt next LUKS area extension (0x766d636e)",
+                                 "is present but the image is not in the middle of a vmcrypt deep rekey (crypt_method " +
+                                     std::to_string(header.crypt_method) + ")");
+        if (next->data.size() != 16)
+            throw errors.invalid("vmcrypt next LUKS area extension (0x766d636e)",
+                                 "is " + std::to_string(next->data.size()) + " bytes, expected 16");
+        CryptoHeaderPointer pointer = *header.next_luks_area();
+        CryptoHeaderPointer current = *header.crypto_header();
+        if (pointer.offset % header.cluster_size() != 0 || pointer.offset == 0)
+            throw errors.invalid("vmcrypt next LUKS area offset", hex(pointer.offset) +
+                                                                     " is not a non-zero multiple of the cluster size " +
+                                                                     std::to_string(header.cluster_size()));
+        if (pointer.length == 0 || pointer.offset > file_size || pointer.length > file_size - pointer.offset)
+            throw errors.invalid("vmcrypt next LUKS area", "at " + hex(pointer.offset) + " with " +
+                                                               std::to_string(pointer.length) +
+                                                               " bytes is empty or runs past the end of the file");
+        if (pointer.offset < current.offset + current.length && current.offset < pointer.offset + pointer.length)
+            throw errors.invalid("vmcrypt next LUKS area", "at " + hex(pointer.offset) +
+                                                               " overlaps the LUKS area the crypto extension names");
+    }
 }
 
 }  // namespace
@@ -131,6 +155,14 @@ const HeaderExtension* Header::find_extension(std::uint32_t type) const
 std::optional<CryptoHeaderPointer> Header::crypto_header() const
 {
     const HeaderExtension* extension = find_extension(ext_crypto);
+    if (!extension || extension->data.size() < 16)
+        return std::nullopt;
+    return CryptoHeaderPointer{load_be64(extension->data, 0), load_be64(extension->data, 8)};
+}
+
+std::optional<CryptoHeaderPointer> Header::next_luks_area() const
+{
+    const HeaderExtension* extension = find_extension(ext_vmcrypt_next_luks);
     if (!extension || extension->data.size() < 16)
         return std::nullopt;
     return CryptoHeaderPointer{load_be64(extension->data, 0), load_be64(extension->data, 8)};

@@ -33,6 +33,10 @@ inline constexpr std::uint32_t ext_crypto = 0x0537be77;  // full disk encryption
 inline constexpr std::uint32_t ext_data_file = 0x44415441;
 // vmcrypt's encryption record as "key=value\n" text; see vmcrypt-format(5). "vmcr" in ASCII.
 inline constexpr std::uint32_t ext_vmcrypt = 0x766d6372;
+// The LUKS area that a deep rekey built for the new DEK, in the crypto extension's layout (offset and
+// length, big-endian). Present only while vmcrypt's guard is set; the final header write of the rekey
+// moves it into the crypto extension. "vmcn" in ASCII.
+inline constexpr std::uint32_t ext_vmcrypt_next_luks = 0x766d636e;
 
 // Incompatible feature bits.
 inline constexpr std::uint64_t incompat_dirty = 1ull << 0;
@@ -108,6 +112,8 @@ struct Header {
 
     const HeaderExtension* find_extension(std::uint32_t type) const;
     std::optional<CryptoHeaderPointer> crypto_header() const;
+    // The pending LUKS area of an unfinished deep rekey (extension 0x766d636e), or nullopt.
+    std::optional<CryptoHeaderPointer> next_luks_area() const;
     std::vector<FeatureName> feature_names() const;
     // The name of a feature bit from the feature name table, or "bit N".
     std::string feature_name(std::uint8_t kind, unsigned bit) const;

@@ -27,7 +27,7 @@ std::string feature_list(const Header& header, std::uint8_t kind, std::uint64_t 
 bool known_extension(std::uint32_t type)
 {
     return type == ext_backing_format || type == ext_feature_table || type == ext_crypto || type == ext_vmcrypt ||
-           type == ext_data_file;
+           type == ext_vmcrypt_next_luks || type == ext_data_file;
 }
 
 // The path a backing file name refers to: relative names are relative to the image's folder.
@@ -122,6 +122,7 @@ void QcowDisk::load(bool check_state)
         check_refcounts(count_references());
     }
 
+    next_area_ = header_.next_luks_area();
     record_.reset();
     if (const HeaderExtension* extension = header_.find_extension(ext_vmcrypt)) {
         std::string text(extension->data.begin(), extension->data.end());
@@ -154,6 +155,8 @@ ClusterReferences QcowDisk::count_references()
         if (!released)
             references.add_exclusive(area->offset, area->length, "the LUKS header area");
     }
+    if (std::optional<CryptoHeaderPointer> next = header_.next_luks_area())
+        references.add_exclusive(next->offset, next->length, "the next LUKS header area of a deep rekey");
     return references;
 }
 

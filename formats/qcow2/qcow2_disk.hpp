@@ -45,6 +45,7 @@ public:
     std::optional<std::string> foreign_encryption() const override;
     std::vector<ExtentInfo> extents() const override;
     void prepare_encrypt(const SecureBytes& dek, const RecordFields& record) override;
+    void prepare_rekey(const SecureBytes& new_dek, const RecordFields& record) override;
     std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
 
     const Header& header() const { return header_; }
@@ -73,6 +74,9 @@ private:
     std::optional<Refcounts> refcounts_;  // loaded for read-write opens
     std::optional<RecordFields> record_;
     std::optional<CryptoHeaderPointer> prepared_area_;  // LUKS area allocated by an encrypt, not yet in the header
+    // The LUKS area for the new DEK of a deep rekey: written by prepare_rekey(), or named by the header's
+    // extension 0x766d636e while the rekey runs. The final header moves it into the crypto extension.
+    std::optional<CryptoHeaderPointer> next_area_;
 };
 
 // Reads the first cluster of a file that starts with the qcow2 magic (at most 2 MiB).

@@ -63,6 +63,39 @@ void QcowDisk::prepare_encrypt(const SecureBytes& dek, const RecordFields& recor
     prepared_area_ = pointer;
 }
 
+// The structural part of a qcow2 deep rekey, before the journal exists: the LUKS area for the new DEK
+// is allocated (refcounts first), written and synced, and no header field names it yet. A crash here
+// leaves the image as it was with leaked clusters, which the next run repairs. The old area stays
+// until the rekey's final header write, because the data not yet rewritten is still under the old DEK.
+void QcowDisk::prepare_rekey(const SecureBytes& new_dek, const RecordFields& record)
+{
+    if (file_->access() != Access::read_write || !refcounts_)
+        throw Error(ExitCode::failure, name_ + ": prepare_rekey: the image is open read-only");
+    if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::luks || !record_ || !header_.crypto_header())
+        throw WrongDiskState(name_ + ": a deep rekey needs an image that vmcrypt encrypted (crypt_method 2 with a "
+                                     "vmcrypt record); nothing was written");
+    if (next_area_)
+        throw Error(ExitCode::failure, name_ + ": prepare_rekey: a new LUKS area is prepared already");
+
+    // Nothing is written before these checks: the rekeying and the final header must fit in cluster 0,
+    // and the new LUKS area must build.
+    next_area_ = CryptoHeaderPointer{header_.cluster_size(), luks_area_size()};
+    try {
+        record_update(record);
+        record_update(final_record_estimate(record));
+    } catch (...) {
+        next_area_.reset();
+        throw;
+    }
+    next_area_.reset();
+    std::vector<std::uint8_t> area = build_qemu_luks_area(new_dek);
+
+    repair_leaks();
+    CryptoHeaderPointer pointer = write_luks_area(area);
+    load(false);
+    next_area_ = pointer;
+}
+
 void QcowDisk::repair_leaks()
 {
     if (!references_complete()) {

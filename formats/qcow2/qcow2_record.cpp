@@ -44,6 +44,7 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
     // A writer that does not know an autoclear feature must clear its bit (docs/interop/qcow2.txt).
     next.autoclear_features &= autoclear_bitmaps | autoclear_raw_data;
     erase_extension(next, ext_vmcrypt);
+    erase_extension(next, ext_vmcrypt_next_luks);
     if (!fields) {
         next.crypt_method = static_cast<std::uint32_t>(CryptMethod::none);
         erase_extension(next, ext_crypto);
@@ -63,6 +64,23 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
         store_be64(crypto.data, 0, area.offset);
         store_be64(crypto.data, 8, area.length);
         next.extensions.push_back(std::move(crypto));
+    }
+    if (next_area_) {
+        // A deep rekey: while it runs the header names the new area next to the old one, which still
+        // opens the data not yet rewritten. The final header names only the new area.
+        HeaderExtension pointer;
+        pointer.data.resize(16);
+        store_be64(pointer.data, 0, next_area_->offset);
+        store_be64(pointer.data, 8, next_area_->length);
+        if (encrypted) {
+            pointer.type = ext_crypto;
+            for (HeaderExtension& extension : next.extensions)
+                if (extension.type == ext_crypto)
+                    extension = pointer;
+        } else {
+            pointer.type = ext_vmcrypt_next_luks;
+            next.extensions.push_back(std::move(pointer));
+        }
     }
     HeaderExtension record;
     record.type = ext_vmcrypt;
@@ -109,10 +127,14 @@ void QcowDisk::apply(const MetadataWrite& update)
     Header next = parse_header(update.bytes, file.size(), name_);
 
     std::optional<CryptoHeaderPointer> area = header_.crypto_header();
-    if (area && !next.crypto_header() && refcounts_) {
-        // Decrypt's last step. The guard still blocks every other program, so the area may be released
-        // before the header stops naming it. After a crash in between, the journal replays this write,
-        // and nothing leaks.
+    std::optional<CryptoHeaderPointer> next_area = next.crypto_header();
+    const bool area_dropped = area && (!next_area || next_area->offset != area->offset);
+    if (area_dropped && refcounts_ &&
+        static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::vmcrypt_in_progress) {
+        // The last step of a decrypt, or of a deep rekey that replaces the area. The guard still blocks
+        // every other program, and no data is under the old area's key any more, so the area may be
+        // released before the header stops naming it. After a crash in between, the journal replays
+        // this write, and nothing leaks.
         const std::uint64_t first = area->offset >> header_.cluster_bits;
         const std::uint64_t count = (area->length + header_.cluster_size() - 1) >> header_.cluster_bits;
         if (refcounts_->get(first) != 0)

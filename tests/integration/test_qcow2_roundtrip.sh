@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib_qcow2.sh"
 
-IMAGE_SIZE=64M
+QCOW2_IMAGE_SIZE=64M
 
 # Fails unless libqcow (python3-libqcow) reads the guest data of the qcow2 IMAGE as the raw file RAW
 # holds it. libqcow 20201213 reads clusters with the version 3 zero flag as the cluster at offset 0
@@ -34,24 +34,6 @@ with open(sys.argv[2], "rb") as raw, open(sys.argv[3]) as map_file:
             offset += length
 image.close()
 PY
-}
-
-# Creates IMAGE from an ext4 file system (mkfs.ext4 -d) with qemu-img convert OPTIONS (-c for
-# compression is one of them), then writes patterns with qemu-io, and exports the guest data to RAW.
-make_qcow2_ext4() {
-    local image=$1 raw=$2
-    shift 2
-    local build bytes
-    bytes=$(numfmt --from=iec "$IMAGE_SIZE")
-    build=$(mktemp -d "$TEST_TMP/build.XXXXXX")
-    make_marker_tree "$build/tree"
-    truncate -s "$bytes" "$build/fs.raw"
-    mkfs.ext4 -q -F -d "$build/tree" "$build/fs.raw" "$EXT4_FS_SIZE"
-    qemu-img convert -f raw -O qcow2 "$@" "$build/fs.raw" "$image"
-    qemu-io -f qcow2 -c "write -P 0x5a 0 512" -c "write -P 0xa5 $((bytes - 512)) 512" \
-        -c "write -P 0xc3 $((bytes * 3 / 4 / 65536 * 65536 - 1536)) 4096" -c "write -z 40M 1M" "$image" >/dev/null
-    qemu-img convert -f qcow2 -O raw "$image" "$raw"
-    rm -rf "$build"
 }
 
 roundtrip() {

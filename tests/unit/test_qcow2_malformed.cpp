@@ -161,6 +161,19 @@ std::vector<MalformedImage> malformed_images()
              return path;
          },
          Expected::invalid, "crypto extension (0x0537be77) is present but crypt_method is 0"},
+        {"next LUKS area extension outside a deep rekey",
+         [](const TempFolder& f) {
+             auto path = make_image(f);
+             // Turn the feature name table into vmcrypt's 16-byte next LUKS area extension.
+             std::uint64_t extension = first_extension(path);
+             patch_be(path, extension, 0x766d636e, 4);
+             patch_be(path, extension + 4, 16, 4);
+             patch_be(path, extension + 8, 0x10000, 8);
+             patch_be(path, extension + 16, 0x1000, 8);
+             patch_be(path, extension + 24, 0, 8);
+             return path;
+         },
+         Expected::invalid, "next LUKS area extension (0x766d636e) is present but the image is not in the middle"},
         {"snapshot entry with oversized extra data",
          [](const TempFolder& f) {
              auto path = make_image(f);
