@@ -1,6 +1,7 @@
 // consolidate-snapshots: merge a VMDK snapshot chain into its base, and report which file is the disk now.
 
 #include "core/log.hpp"
+#include "formats/qcow2/consolidate.hpp"
 #include "formats/vmdk/consolidate.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress_reporter.hpp"
@@ -24,10 +25,84 @@ void print_list(const char* title, const std::vector<std::string>& items)
         std::printf("    %s\n", item.c_str());
 }
 
+int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options)
+{
+    qcow2::ConsolidateOptions consolidate;
+    consolidate.branches = options.delete_other_branches ? qcow2::BranchHandling::delete_other_branches
+                                                         : qcow2::BranchHandling::reject;
+    consolidate.dry_run = options.dry_run;
+    ProgressReporter reporter(options.dry_run ? ProgressMode::none : progress_mode(global), options.disk);
+    consolidate.on_progress = [&reporter](std::uint64_t done, std::uint64_t total) {
+        reporter.update(Progress{done, total});
+    };
+    install_stop_handlers();
+    consolidate.stop_requested = &stop_flag();
+
+    auto started = std::chrono::steady_clock::now();
+    log_info("consolidate-snapshots " + options.disk + ": starting (qcow2)");
+    qcow2::ConsolidateReport report = qcow2::consolidate_qcow2(options.disk, consolidate);
+    reporter.finish();
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+
+    if (global.json) {
+        nlohmann::json result = {{"schema", "vmcrypt-consolidate/1"},
+                                 {"command", "consolidate-snapshots"},
+                                 {"format", "qcow2"},
+                                 {"dryRun", report.dry_run},
+                                 {"strategy", "commit"},
+                                 {"resumed", report.resumed},
+                                 {"disk", report.disk},
+                                 {"baseFormat", report.base_format},
+                                 {"top", report.top},
+                                 {"merged", report.merged},
+                                 {"removedFiles", report.removed_files},
+                                 {"deletedSnapshots", report.deleted_snapshots},
+                                 {"bytesToCopy", report.data_bytes},
+                                 {"zeroBytes", report.zero_bytes},
+                                 {"refcountsLowered", report.refcounts_lowered},
+                                 {"seconds", seconds}};
+        std::printf("%s\n", result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+        return 0;
+    }
+    if (global.quiet)
+        return 0;
+
+    if (report.dry_run) {
+        if (report.merged.empty())
+            std::printf("%s: would delete %zu internal snapshot%s and make the refcounts exact\n", report.disk.c_str(),
+                        report.deleted_snapshots.size(), report.deleted_snapshots.size() == 1 ? "" : "s");
+        else
+            std::printf("%s: would merge %zu overlay%s into %s (%s)%s\n", report.top.c_str(), report.merged.size(),
+                        report.merged.size() == 1 ? "" : "s", report.disk.c_str(), report.base_format.c_str(),
+                        report.resumed ? " (finishing an interrupted merge)" : "");
+        if (!report.resumed && !report.merged.empty())
+            std::printf("  bytes to copy: %s (%llu bytes), zeroed: %s\n", format_bytes(report.data_bytes).c_str(),
+                        static_cast<unsigned long long>(report.data_bytes), format_bytes(report.zero_bytes).c_str());
+        print_list("overlays merged, newest first", report.merged);
+        print_list("files to remove", report.removed_files);
+        print_list("internal snapshots to delete", report.deleted_snapshots);
+        return 0;
+    }
+    if (report.merged.empty())
+        std::printf("%s: the disk is now %s (%zu internal snapshot%s deleted, %llu cluster refcount%s lowered)\n",
+                    report.top.c_str(), report.disk.c_str(), report.deleted_snapshots.size(),
+                    report.deleted_snapshots.size() == 1 ? "" : "s",
+                    static_cast<unsigned long long>(report.refcounts_lowered), report.refcounts_lowered == 1 ? "" : "s");
+    else
+        std::printf("%s: the disk is now %s (%zu overlay%s merged%s)\n", report.top.c_str(), report.disk.c_str(),
+                    report.merged.size(), report.merged.size() == 1 ? "" : "s", report.resumed ? ", resumed" : "");
+    print_list("removed", report.removed_files);
+    print_list("internal snapshots deleted", report.deleted_snapshots);
+    return 0;
+}
+
 }  // namespace
 
 int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions& options)
 {
+    if (qcow2::is_qcow2_consolidation(options.disk))
+        return run_qcow2_consolidate(global, options);
+
     vmdk::ConsolidateOptions consolidate;
     consolidate.branches = options.delete_other_branches ? vmdk::BranchPolicy::delete_other_branches
                                                          : vmdk::BranchPolicy::reject;

@@ -1,0 +1,338 @@
+// consolidate-snapshots for qcow2: planning, the copy phase, the switch and resuming after a crash.
+
+#include "formats/qcow2/consolidate.hpp"
+
+#include "core/engine/fault_injection.hpp"
+#include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "core/log.hpp"
+#include "core/text/shell_words.hpp"
+#include "formats/qcow2/backing_chain.hpp"
+#include "formats/qcow2/base_merge.hpp"
+#include "formats/qcow2/merge_intent.hpp"
+#include "formats/qcow2/qcow2_disk.hpp"
+#include "formats/qcow2/refcount_repair.hpp"
+
+#include <optional>
+
+namespace vmcrypt::qcow2 {
+
+namespace {
+
+using FoundIntent = std::pair<std::filesystem::path, MergeIntent>;
+
+std::optional<FoundIntent> intent_next_to(const std::filesystem::path& base, const std::filesystem::path& disk)
+{
+    const std::filesystem::path path = merge_intent_path(base);
+    std::optional<MergeIntent> intent = read_merge_intent(path);
+    if (intent && (intent->mentions(disk) || intent->base == base.string()))
+        return FoundIntent{path, *intent};
+    return std::nullopt;
+}
+
+// Finds the intent of an unfinished merge that `disk` belongs to: next to the disk if it is the base,
+// in the disk's folder (a removed overlay), or next to a backing file of the disk.
+std::optional<FoundIntent> find_intent(const std::filesystem::path& disk)
+{
+    const std::filesystem::path path = absolute_path(disk);
+    if (auto found = intent_next_to(path, path))
+        return found;
+
+    std::error_code error;
+    std::filesystem::directory_iterator entry(path.parent_path(), error);
+    for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
+        if (entry->path().extension() != ".vmcrypt-consolidate-qcow2")
+            continue;
+        std::optional<MergeIntent> intent = read_merge_intent(entry->path());
+        if (intent && intent->mentions(path))
+            return FoundIntent{entry->path(), *intent};
+    }
+
+    // Up the backing files, without validating them: the merge may have changed the base already.
+    std::filesystem::path current = path;
+    for (std::size_t depth = 0; depth < max_backing_depth && has_qcow2_magic(current); ++depth) {
+        std::string backing;
+        try {
+            File file = File::open(current, Access::read_only);
+            backing = parse_header(read_cluster0(file), file.size(), current.string()).backing_file;
+        } catch (const Error&) {
+            return std::nullopt;
+        }
+        if (backing.empty())
+            return std::nullopt;
+        std::filesystem::path next = backing;
+        current = absolute_path(next.is_absolute() ? next : current.parent_path() / next);
+        if (auto found = intent_next_to(current, path))
+            return found;
+    }
+    return std::nullopt;
+}
+
+ConsolidateReport report_of(const MergeIntent& intent)
+{
+    ConsolidateReport report;
+    report.disk = intent.base;
+    report.base_format = intent.base_format;
+    report.top = intent.top;
+    report.merged.assign(intent.overlays.rbegin(), intent.overlays.rend());
+    report.removed_files = intent.remove_files;
+    return report;
+}
+
+std::vector<std::string> snapshot_names(const ChainLayer& layer)
+{
+    std::vector<std::string> names;
+    for (const Snapshot& snapshot : layer.snapshots)
+        names.push_back(layer.name() + ": snapshot " + snapshot.id + " " + snapshot.name);
+    return names;
+}
+
+// Rejects a qcow2 base whose clusters vmcrypt cannot account for, or whose refcounts are too low for
+// its active tables. Writes nothing.
+void check_base_refcounts(const ChainLayer& base)
+{
+    check_references_knowable(base.header, base.name());
+    Refcounts refcounts = Refcounts::load(*base.file, base.header, base.name());
+    Header active = base.header;
+    active.nb_snapshots = 0;  // snapshots only add references, so the active ones are a lower bound
+    check_no_missing_refcounts(count_active_references(*base.file, active, refcounts, base.name()), refcounts,
+                               base.name());
+}
+
+// Deletes the internal snapshots of the qcow2 base (if any) and makes its refcounts exact.
+RefcountRepair clean_up_base(ChainLayer& base)
+{
+    if (base.header.nb_snapshots > 0) {
+        drop_snapshot_table(*base.file, base.header);
+        log_info(base.name() + ": deleted " + std::to_string(base.snapshots.size()) + " internal snapshots");
+        base.snapshots.clear();
+    }
+    Refcounts refcounts = Refcounts::load(*base.file, base.header, base.name());
+    RefcountRepair repair = make_refcounts_exact(*base.file, base.header, refcounts, base.name());
+    if (repair.lowered != 0 || repair.flags_changed != 0)
+        log_info(base.name() + ": refcounts made exact: " + std::to_string(repair.lowered) + " lowered, " +
+                 std::to_string(repair.flags_changed) + " COPIED flags changed");
+    return repair;
+}
+
+void remove_file_durably(const std::string& path)
+{
+    std::error_code error;
+    if (!std::filesystem::remove(path, error) && error)
+        throw IoError(path + ": removing the file failed: " + error.message());
+    sync_directory(std::filesystem::path(path).parent_path());
+    fault_point("qcow2-consolidate-overlay-removed");
+}
+
+// After the commit point: removes the overlays that are left (top first, so that no overlay is ever left
+// without its backing file), then the intent file.
+void finish_switch(const MergeIntent& intent, const std::filesystem::path& intent_path)
+{
+    for (const std::string& file : intent.remove_files) {
+        std::error_code error;
+        if (std::filesystem::exists(file, error))
+            remove_file_durably(file);
+    }
+    std::error_code error;
+    std::filesystem::remove(intent_path, error);
+    if (error)
+        throw IoError(intent_path.string() + ": removing the intent file failed: " + error.message());
+    sync_directory(intent_path.parent_path());
+}
+
+void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesystem::path& intent_path,
+                     const ConsolidateOptions& options, ConsolidateReport& report)
+{
+    std::vector<OverlayLayer> overlays = chain.overlays();
+    const std::vector<GuestPiece> pieces = compose_chain(overlays, chain.sizes());
+    const PieceTotals totals = piece_totals(pieces);
+    report.data_bytes = totals.data_bytes;
+    report.zero_bytes = totals.zero_bytes;
+    const std::uint64_t total = totals.data_bytes + totals.zero_bytes;
+
+    MergeProgress progress = [&](std::uint64_t done) {
+        if (options.on_progress)
+            options.on_progress(done, total);
+        if (options.stop_requested && options.stop_requested->load())
+            throw Interrupted(intent.top + ": stopped while merging into " + intent.base +
+                              "; the chain still reads as before, and re-running the command resumes the merge");
+    };
+
+    PieceReader reader(overlays);
+    ChainLayer& base = chain.base();
+    if (base.format == LayerFormat::qcow2) {
+        report.refcounts_lowered += clean_up_base(base).lowered;
+        Refcounts refcounts = Refcounts::load(*base.file, base.header, base.name());
+        merge_into_qcow2(*base.file, base.header, refcounts, base.name(), pieces, reader, progress);
+    } else {
+        merge_into_raw(*base.file, pieces, reader, progress);
+    }
+    fault_point("qcow2-consolidate-copied");
+
+    // COMMIT POINT: the base holds the top's guest view durably and on its own.
+    intent.phase = MergePhase::switch_files;
+    write_merge_intent(intent_path, intent);
+    fault_point("qcow2-consolidate-switch-recorded");
+
+    chain = BackingChain{};  // closes the files (and drops their locks) before they are removed
+    finish_switch(intent, intent_path);
+}
+
+ConsolidateReport resume(const std::filesystem::path& intent_path, const MergeIntent& intent,
+                         const ConsolidateOptions& options)
+{
+    ConsolidateReport report = report_of(intent);
+    report.resumed = true;
+    if (options.dry_run) {
+        report.dry_run = true;
+        return report;
+    }
+    log_info(intent_path.string() + ": resuming an interrupted merge");
+    if (intent.phase == MergePhase::switch_files) {
+        finish_switch(intent, intent_path);
+        return report;
+    }
+
+    std::error_code error;
+    if (!std::filesystem::exists(intent.top, error))
+        throw InvalidInput(intent_path.string() + ": the merge is in its copy phase, but the top " + intent.top +
+                           " is missing; put it back, or restore the chain from a backup");
+    BackingChain chain = open_backing_chain(intent.top, Access::read_write);
+    std::vector<std::string> overlays;
+    for (std::size_t i = 1; i < chain.layers.size(); ++i)
+        overlays.push_back(chain.layers[i].name());
+    if (chain.base().name() != intent.base || overlays != intent.overlays)
+        throw InvalidInput(intent_path.string() + ": the backing chain of " + intent.top +
+                           " is no longer the one this interrupted merge started on; put the original files back, "
+                           "or restore the chain from a backup");
+    copy_and_switch(chain, intent, intent_path, options, report);
+    return report;
+}
+
+// An image without a backing file: delete its internal snapshots and make its refcounts exact.
+ConsolidateReport clean_up_single_image(BackingChain& chain, const ConsolidateOptions& options)
+{
+    ChainLayer& image = chain.base();
+    check_base_refcounts(image);
+    ConsolidateReport report;
+    report.disk = image.name();
+    report.base_format = "qcow2";
+    report.top = image.name();
+    report.deleted_snapshots = snapshot_names(image);
+    if (options.dry_run) {
+        report.dry_run = true;
+        return report;
+    }
+    report.refcounts_lowered = clean_up_base(image).lowered;
+    return report;
+}
+
+ConsolidateReport start_or_resume(const std::filesystem::path& disk, const ConsolidateOptions& options)
+{
+    if (auto found = find_intent(disk))
+        return resume(found->first, found->second, options);
+    std::error_code error;
+    if (!std::filesystem::exists(disk, error))
+        throw InvalidInput(disk.string() + ": file not found; check the path of the disk");
+
+    BackingChain chain = open_backing_chain(disk, options.dry_run ? Access::read_only : Access::read_write);
+    if (chain.layers.size() == 1)
+        return clean_up_single_image(chain, options);
+
+    ChainLayer& base = chain.base();
+    ChainLayer& top = chain.top();
+    if (top.size > base.size)
+        throw UnsupportedInput(top.name() + ": guest size " + std::to_string(top.size) + " bytes is larger than the "
+                               "base's " + std::to_string(base.size) + " bytes; grow the base first with: qemu-img "
+                               "resize -f " + (base.format == LayerFormat::raw ? "raw " : "qcow2 ") + base.name() + " " +
+                               std::to_string(top.size));
+    if (top.size < base.size)
+        throw UnsupportedInput(top.name() + ": guest size " + std::to_string(top.size) + " bytes is smaller than the "
+                               "base's " + std::to_string(base.size) + " bytes, so the merged base would keep its "
+                               "bytes past the top's end; copy the top instead with: qemu-img convert -O qcow2 " +
+                               top.name() + " NEW.qcow2");
+    std::vector<std::string> children = find_other_children(chain);
+    if (!children.empty()) {
+        std::string list;
+        for (const std::string& child : children)
+            list += (list.empty() ? "" : ", ") + child;
+        if (options.branches == BranchHandling::delete_other_branches)
+            throw UnsupportedInput(top.name() + ": --delete-other-branches is not supported for qcow2 chains; other "
+                                   "images use the chain: " + list + "; remove them first if they are not needed");
+        throw WrongDiskState(top.name() + ": other images use this chain as their backing file, and merging would "
+                             "change what they read: " + list + "; remove them, or merge with qemu-img commit");
+    }
+    if (base.format == LayerFormat::qcow2)
+        check_base_refcounts(base);
+    if (std::optional<MergeIntent> stale = read_merge_intent(merge_intent_path(base.path)))
+        throw InvalidInput(merge_intent_path(base.path).string() + ": an intent file of another merge into this "
+                           "base exists; run consolidate-snapshots on " + stale->top + " to finish it");
+
+    MergeIntent intent;
+    intent.base = base.name();
+    intent.base_format = base.format == LayerFormat::raw ? "raw" : "qcow2";
+    intent.top = top.name();
+    for (std::size_t i = 1; i < chain.layers.size(); ++i)
+        intent.overlays.push_back(chain.layers[i].name());
+    intent.remove_files.assign(intent.overlays.rbegin(), intent.overlays.rend());
+
+    ConsolidateReport report = report_of(intent);
+    for (const ChainLayer& layer : chain.layers)
+        for (const std::string& name : snapshot_names(layer))
+            report.deleted_snapshots.push_back(name);
+    if (options.dry_run) {
+        // Composing the view reads and validates every overlay's tables.
+        PieceTotals totals = piece_totals(compose_chain(chain.overlays(), chain.sizes()));
+        report.data_bytes = totals.data_bytes;
+        report.zero_bytes = totals.zero_bytes;
+        report.dry_run = true;
+        return report;
+    }
+    // Every overlay's tables are validated before the first write too.
+    for (const OverlayLayer& overlay : chain.overlays())
+        walk_cluster_tables(*overlay.file, *overlay.header, nullptr, overlay.name);
+
+    const std::filesystem::path intent_path = merge_intent_path(base.path);
+    write_merge_intent(intent_path, intent);
+    fault_point("qcow2-consolidate-intent-written");
+    copy_and_switch(chain, intent, intent_path, options, report);
+    return report;
+}
+
+}  // namespace
+
+bool is_qcow2_consolidation(const std::filesystem::path& disk)
+{
+    if (has_qcow2_magic(disk))
+        return true;
+    try {
+        return find_intent(disk).has_value();
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+ConsolidateReport consolidate_qcow2(const std::filesystem::path& disk, const ConsolidateOptions& options)
+{
+    try {
+        return start_or_resume(disk, options);
+    } catch (const Interrupted&) {
+        throw;
+    } catch (const Error& e) {
+        // "Recovery needed": once an intent file exists the chain is mid-merge but consistent. Failures
+        // before it changed nothing and keep their message.
+        std::optional<FoundIntent> found;
+        try {
+            found = find_intent(disk);
+        } catch (const Error&) {
+            throw e;
+        }
+        if (!found || options.dry_run)
+            throw;
+        throw Error(e.code(), std::string(e.what()) + "; the merge is unfinished but nothing is lost: fix the cause "
+                              "and run `" + shell_command({"vmcrypt", "consolidate-snapshots", found->second.base}) +
+                                  "` to resume");
+    }
+}
+
+}  // namespace vmcrypt::qcow2

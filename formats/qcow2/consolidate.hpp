@@ -1,0 +1,55 @@
+#pragma once
+// consolidate-snapshots for qcow2: merge a backing chain into its base and delete internal snapshots,
+// offline and in place.
+//
+// Chain merge. The chain is validated and the guest view of the top composed (guest_view.hpp) before an
+// intent file "<base>.vmcrypt-consolidate-qcow2" records the plan; its phase decides what a re-run does:
+//   copy   - the base's internal snapshots are deleted, its refcounts made exact, and the overlays' data
+//            written into the base (base_merge.hpp). Only ranges some overlay defines are written, so
+//            the top reads the same throughout, and a re-run repeats the copy with the same result.
+//   switch - COMMIT POINT: the base holds the top's guest view durably. A re-run removes the overlay
+//            files (top first) that are left and then the intent file.
+// An image without a backing file only has its internal snapshots deleted and refcounts made exact
+// (refcount_repair.hpp); that needs no intent file, because every run ends with exact refcounts.
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace vmcrypt::qcow2 {
+
+enum class BranchHandling { reject, delete_other_branches };
+
+struct ConsolidateOptions {
+    bool dry_run = false;
+    BranchHandling branches = BranchHandling::reject;
+    std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
+    const std::atomic<bool>* stop_requested = nullptr;
+};
+
+struct ConsolidateReport {
+    std::string disk;                            // the image that is the disk now (the base)
+    std::string base_format;                     // "qcow2" or "raw"
+    std::string top;                             // the image whose guest view the disk now has
+    std::vector<std::string> merged;             // overlays merged, newest first
+    std::vector<std::string> removed_files;      // overlay files removed
+    std::vector<std::string> deleted_snapshots;  // "IMAGE: snapshot ID NAME"
+    std::uint64_t data_bytes = 0;                // guest bytes copied from the overlays
+    std::uint64_t zero_bytes = 0;                // guest bytes the overlays mark zero
+    std::uint64_t refcounts_lowered = 0;         // leaked or snapshot clusters whose refcount dropped
+    bool resumed = false;
+    bool dry_run = false;
+};
+
+// True when `disk` is a qcow2 image, or is named by the intent file of an unfinished qcow2 merge.
+bool is_qcow2_consolidation(const std::filesystem::path& disk);
+
+// Merges (or, with dry_run, plans) the chain below `disk` or resumes an interrupted merge of it; for an
+// image without a backing file, deletes its internal snapshots. Throws vmcrypt::Error subclasses; an
+// error before the intent file exists leaves every file unchanged.
+ConsolidateReport consolidate_qcow2(const std::filesystem::path& disk, const ConsolidateOptions& options);
+
+}  // namespace vmcrypt::qcow2

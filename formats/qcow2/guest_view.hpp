@@ -1,0 +1,71 @@
+#pragma once
+// The guest view of a qcow2 backing chain as a list of pieces: which layer supplies each guest byte
+// range that some overlay defines, and how (stored data, a compressed cluster, or zeros).
+//
+// The rules are QEMU's (docs/interop/qcow2.txt, QEMU 7.2): the newest layer that allocates a cluster or
+// subcluster, or marks it zero, supplies it; an unallocated one reads from the backing file; a guest
+// offset at or past a backing file's size reads as zeros there. The bottom layer (the base) is never a
+// source: ranges no overlay defines keep what the base stores.
+
+#include "core/io/file.hpp"
+#include "formats/qcow2/cluster_map.hpp"
+#include "formats/qcow2/header.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace vmcrypt::qcow2 {
+
+enum class PieceKind : std::uint8_t { data, compressed, zero };
+
+// A guest byte range and where its bytes come from.
+struct GuestPiece {
+    std::uint64_t guest_offset = 0;
+    std::uint64_t length = 0;
+    PieceKind kind = PieceKind::zero;
+    std::size_t layer = 0;             // index into the chain, base first
+    std::uint64_t host_offset = 0;     // data: host offset of guest_offset in that layer's file
+    std::uint64_t compressed_entry = 0;  // compressed: the layer's raw L2 entry
+    std::uint64_t cluster_offset = 0;  // compressed: guest offset of the compressed cluster's first byte
+};
+
+// One qcow2 overlay as composition input.
+struct OverlayLayer {
+    const File* file = nullptr;
+    const Header* header = nullptr;
+    std::string name;
+};
+
+// Lists the guest ranges one overlay defines (allocated, compressed or zero), in guest order, clipped to
+// its size. Validates the tables first (walk_cluster_tables). Throws InvalidInput naming the entry.
+std::vector<GuestPiece> overlay_pieces(const OverlayLayer& layer, std::size_t layer_index);
+
+// Composes the overlays (index 1 .. n-1 of the chain; index 0 is the base and `sizes[0]` its size)
+// into the pieces that give the top's guest view of [0, sizes.back()), newest layer first wins.
+// `sizes` holds every layer's guest size, base first.
+std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& overlays, const std::vector<std::uint64_t>& sizes);
+
+// Sums of the pieces' lengths by kind: stored (data and compressed) and zero.
+struct PieceTotals {
+    std::uint64_t data_bytes = 0;
+    std::uint64_t zero_bytes = 0;
+};
+PieceTotals piece_totals(const std::vector<GuestPiece>& pieces);
+
+// Reads the guest bytes of `piece` from guest offset `offset` (inside the piece) into `out`.
+// `overlays[layer - 1]` is the piece's layer. Compressed clusters are inflated through `cache`.
+class PieceReader {
+public:
+    explicit PieceReader(const std::vector<OverlayLayer>& overlays) : overlays_(overlays) {}
+    void read(const GuestPiece& piece, std::uint64_t offset, std::span<std::uint8_t> out);
+
+private:
+    const std::vector<OverlayLayer>& overlays_;
+    std::size_t cached_layer_ = 0;
+    std::uint64_t cached_entry_ = 0;
+    std::vector<std::uint8_t> cached_cluster_;
+};
+
+}  // namespace vmcrypt::qcow2

@@ -1,0 +1,78 @@
+#include "formats/qcow2/merge_intent.hpp"
+
+#include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "formats/vmdk/vmx_file.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace vmcrypt::qcow2 {
+
+namespace {
+
+constexpr const char* schema = "vmcrypt-consolidate-qcow2/1";
+
+}  // namespace
+
+bool MergeIntent::mentions(const std::filesystem::path& path) const
+{
+    const std::string wanted = path.lexically_normal().string();
+    return wanted == base || wanted == top || std::find(overlays.begin(), overlays.end(), wanted) != overlays.end();
+}
+
+std::filesystem::path merge_intent_path(const std::filesystem::path& base)
+{
+    std::filesystem::path path = base;
+    path += ".vmcrypt-consolidate-qcow2";
+    return path;
+}
+
+std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path)
+{
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        return std::nullopt;
+    const std::string text = read_small_file(path, 16 << 20);
+    try {
+        nlohmann::json json = nlohmann::json::parse(text);
+        if (json.at("schema").get<std::string>() != schema)
+            throw InvalidInput(path.string() + ": schema: \"" + json.at("schema").get<std::string>() + "\" is not " +
+                               schema + "; finish the merge with the vmcrypt version that started it");
+        MergeIntent intent;
+        const std::string phase = json.at("phase").get<std::string>();
+        if (phase == "copy")
+            intent.phase = MergePhase::copy;
+        else if (phase == "switch")
+            intent.phase = MergePhase::switch_files;
+        else
+            throw InvalidInput(path.string() + ": phase: \"" + phase + "\" is neither \"copy\" nor \"switch\"");
+        intent.base = json.at("base").get<std::string>();
+        intent.base_format = json.at("baseFormat").get<std::string>();
+        intent.top = json.at("top").get<std::string>();
+        intent.overlays = json.at("overlays").get<std::vector<std::string>>();
+        intent.remove_files = json.at("removeFiles").get<std::vector<std::string>>();
+        return intent;
+    } catch (const nlohmann::json::exception& e) {
+        throw InvalidInput(path.string() + ": the consolidation intent file is damaged (" + e.what() +
+                           "); keep the image files as they are and restore the chain from a backup, or, if the "
+                           "merge is known to have finished, remove the intent file");
+    }
+}
+
+void write_merge_intent(const std::filesystem::path& path, const MergeIntent& intent)
+{
+    nlohmann::json json = {
+        {"schema", schema},
+        {"phase", intent.phase == MergePhase::copy ? "copy" : "switch"},
+        {"base", intent.base},
+        {"baseFormat", intent.base_format},
+        {"top", intent.top},
+        {"overlays", intent.overlays},
+        {"removeFiles", intent.remove_files},
+    };
+    vmdk::replace_file_atomically(path, json.dump(2) + "\n");
+}
+
+}  // namespace vmcrypt::qcow2

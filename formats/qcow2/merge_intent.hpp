@@ -1,0 +1,34 @@
+#pragma once
+// The intent file "<base>.vmcrypt-consolidate-qcow2" of an unfinished qcow2 chain merge (JSON, replaced
+// atomically). It is written after the chain is validated and before the first change to any file;
+// its phase decides what a re-run does (see consolidate.hpp).
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vmcrypt::qcow2 {
+
+enum class MergePhase { copy, switch_files };
+
+struct MergeIntent {
+    MergePhase phase = MergePhase::copy;
+    std::string base;                       // absolute
+    std::string base_format;                // "qcow2" or "raw"
+    std::string top;                        // absolute
+    std::vector<std::string> overlays;      // absolute, base side first, the top last
+    std::vector<std::string> remove_files;  // the overlays, top first
+
+    bool mentions(const std::filesystem::path& path) const;
+};
+
+std::filesystem::path merge_intent_path(const std::filesystem::path& base);
+
+// Reads an intent file; nullopt when it does not exist. Throws InvalidInput when it is damaged.
+std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path);
+
+// Writes the intent atomically (temporary file, fsync, rename, fsync of the folder).
+void write_merge_intent(const std::filesystem::path& path, const MergeIntent& intent);
+
+}  // namespace vmcrypt::qcow2
