@@ -46,10 +46,10 @@ SecureBytes new_dek()
 namespace {
 
 // The command that merges the chain of `disk`, whose snapshot `snapshot` it names (the disk itself when
-// it is a snapshot). NOTE: consolidate-snapshots merges VMDK chains only; other formats get qemu-img's.
+// it is a snapshot). consolidate-snapshots merges VMDK and qcow2 chains; other formats get qemu-img's.
 std::string merge_command(const Disk& disk, const std::string& where, const std::string& snapshot, bool is_snapshot)
 {
-    if (disk.format() == "vmdk")
+    if (disk.format() == "vmdk" || disk.format() == "qcow2")
         return shell_command({"vmcrypt", "consolidate-snapshots", snapshot});
     if (is_snapshot)
         return shell_command({"qemu-img", "convert", "-O", disk.format(), where, "standalone." + disk.format()});

@@ -3,8 +3,8 @@
 //
 // Backing file names are resolved as QEMU 7.2 resolves them: a relative name is relative to the folder
 // of the image that names it. The format of each backing file comes from the backing format header
-// extension; a chain without it is probed for the qcow2 magic, and anything else must name its format,
-// because QEMU refuses to probe raw backing files for writes too.
+// extension. Without it, only the qcow2 magic is probed for, because any file without a magic would
+// pass as raw.
 
 #include "core/io/file.hpp"
 #include "formats/qcow2/guest_view.hpp"
@@ -44,7 +44,7 @@ struct BackingChain {
 };
 
 // Opens the chain below the qcow2 image `top`. With Access::read_write every file is opened read-write
-// and locked as QEMU locks images (so a running QEMU is reported, and none can start meanwhile); with
+// and locked as QEMU locks images, so a running QEMU is reported and none can start meanwhile. With
 // read_only a lock that QEMU holds is only reported. Every qcow2 layer must be plaintext, without the
 // dirty or corrupt bit, an external data file or unknown incompatible features. Throws InvalidInput for a
 // missing backing file or a loop, UnsupportedInput for another backing format, WrongDiskState for an

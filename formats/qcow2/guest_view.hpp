@@ -2,9 +2,9 @@
 // The guest view of a qcow2 backing chain as a list of pieces: which layer supplies each guest byte
 // range that some overlay defines, and how (stored data, a compressed cluster, or zeros).
 //
-// The rules are QEMU's (docs/interop/qcow2.txt, QEMU 7.2): the newest layer that allocates a cluster or
-// subcluster, or marks it zero, supplies it; an unallocated one reads from the backing file; a guest
-// offset at or past a backing file's size reads as zeros there. The bottom layer (the base) is never a
+// The rules are QEMU's (docs/interop/qcow2.txt, QEMU 7.2). The newest layer that allocates a cluster or
+// subcluster, or marks it zero, supplies it, and an unallocated one reads from the backing file. A
+// guest offset at or past a backing file's size reads as zeros there. The bottom layer (the base) is never a
 // source: ranges no overlay defines keep what the base stores.
 
 #include "core/io/file.hpp"
@@ -42,9 +42,9 @@ struct OverlayLayer {
 // its size. Validates the tables first (walk_cluster_tables). Throws InvalidInput naming the entry.
 std::vector<GuestPiece> overlay_pieces(const OverlayLayer& layer, std::size_t layer_index);
 
-// Composes the overlays (index 1 .. n-1 of the chain; index 0 is the base and `sizes[0]` its size)
-// into the pieces that give the top's guest view of [0, sizes.back()), newest layer first wins.
-// `sizes` holds every layer's guest size, base first.
+// Composes the overlays (chain index 1 to n-1, because index 0 is the base) into the pieces that give
+// the top's guest view of [0, sizes.back()); the newest layer wins. `sizes` contains every layer's
+// guest size, base first.
 std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& overlays, const std::vector<std::uint64_t>& sizes);
 
 // Sums of the pieces' lengths by kind: stored (data and compressed) and zero.
@@ -54,11 +54,12 @@ struct PieceTotals {
 };
 PieceTotals piece_totals(const std::vector<GuestPiece>& pieces);
 
-// Reads the guest bytes of `piece` from guest offset `offset` (inside the piece) into `out`.
-// `overlays[layer - 1]` is the piece's layer. Compressed clusters are inflated through `cache`.
+// Reads the guest bytes of a piece from its layer: `overlays[piece.layer - 1]`. The last compressed
+// cluster read is kept inflated, because consecutive pieces often come from the same one.
 class PieceReader {
 public:
     explicit PieceReader(const std::vector<OverlayLayer>& overlays) : overlays_(overlays) {}
+    // Fills `out` with the guest bytes from `offset`, which lies inside `piece`.
     void read(const GuestPiece& piece, std::uint64_t offset, std::span<std::uint8_t> out);
 
 private:

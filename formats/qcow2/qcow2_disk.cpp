@@ -108,10 +108,8 @@ void QcowDisk::load(bool check_state)
                                            name_ + " new.qcow2");
         if (header_.nb_snapshots > 0)
             throw WrongDiskState(name_ + ": the image has " + std::to_string(header_.nb_snapshots) +
-                                 " internal snapshots; delete them first with: qemu-img snapshot -d NAME " + name_ +
-                                 " (qemu-img snapshot -l lists them), or copy the current state with: qemu-img "
-                                 "convert -O qcow2 " + name_ + " new.qcow2 (vmcrypt consolidate-snapshots merges "
-                                 "VMDK snapshots only)");
+                                 " internal snapshots; delete them first with: vmcrypt consolidate-snapshots " + name_ +
+                                 " (qemu-img snapshot -l lists them)");
     }
 
     if (!writing) {

@@ -96,8 +96,8 @@ inspect_json "$dir/top.qcow2"
 expect_inspect qcow2.backingFile mid.qcow2
 expect_inspect qcow2.backingFormat qcow2
 expect_inspect parents '["mid.qcow2", "base.qcow2"]'
-expect_encrypt_rejected "$dir/top.qcow2" 3 "qemu-img convert -O qcow2 $dir/top.qcow2"
-expect_encrypt_rejected "$dir/base.qcow2" 3 "qemu-img commit -b $dir/base.qcow2 NEWEST.qcow2"
+expect_encrypt_rejected "$dir/top.qcow2" 3 "merge the chain first with: vmcrypt consolidate-snapshots $dir/top.qcow2"
+expect_encrypt_rejected "$dir/base.qcow2" 3 "merge them first with: vmcrypt consolidate-snapshots mid.qcow2"
 
 # Internal snapshots.
 dir="$TEST_TMP/snapshots"
@@ -106,7 +106,7 @@ make_image "$dir/s.qcow2"
 qemu-img snapshot -c before-update "$dir/s.qcow2"
 inspect_json "$dir/s.qcow2"
 expect_inspect qcow2.snapshots.0.name before-update
-expect_encrypt_rejected "$dir/s.qcow2" 3 "qemu-img snapshot -d"
+expect_encrypt_rejected "$dir/s.qcow2" 3 "delete them first with: vmcrypt consolidate-snapshots $dir/s.qcow2"
 
 # Header bits: dirty, corrupt, an unknown incompatible feature, an external data file.
 dir="$TEST_TMP/bits"

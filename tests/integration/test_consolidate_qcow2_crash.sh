@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Crash matrix for consolidate-snapshots on qcow2: SIGKILL at the named fault points of the chain merge
+# (intent, deleting the base's internal snapshot, making its refcounts exact, every step of a batch of
+# clusters, new refcount blocks, the switch, removing the overlays), of a merge into a raw base and of
+# deleting the internal snapshots of a single image, plus injected I/O errors and kills at random
+# times. At each kill the current state must still be readable: through the top before the commit
+# point, through the base after it. Re-running the command must finish the job: the base identical to
+# the export of the top taken before, qemu-img check without errors or leaks, no snapshots, the
+# overlays and the intent file gone.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/consolidate_qcow2_lib.sh"
+
+# The chain: a base with 4 KiB clusters (so a refcount block covers only 8 MiB and the merge must add
+# blocks), compressed clusters and an internal snapshot; two overlays writing about 40 MiB, so that
+# the merge takes two batches of 32 MiB.
+template="$TEST_TMP/template"
+mkdir -p "$template"
+(
+    cd "$template"
+    qemu-img create -q -f raw fill.raw 64M
+    qemu-io -f raw -c "write -P 0x10 0 8M" fill.raw >/dev/null
+    qemu-img convert -c -f raw -O qcow2 -o cluster_size=4096 fill.raw base.qcow2
+    rm fill.raw
+    qemu-io -f qcow2 -c "write -P 0x11 8M 4M" -c "write -P 0x12 $((64 * 1048576 - 512)) 512" base.qcow2 >/dev/null
+    qemu-img snapshot -c before-merge base.qcow2
+    qemu-io -f qcow2 -c "write -P 0x13 9M 1M" base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+    qemu-io -f qcow2 -c "write -P 0x21 2M 20M" -c "write -z 4M 1M" -c "write -P 0x22 $((64 * 1048576 - 1024)) 512" \
+        mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -o extended_l2=on -b mid.qcow2 -F qcow2 top.qcow2
+    qemu-io -f qcow2 -c "write -P 0x31 30M 20M" -c "write -z 8M 64k" -c "write -P 0x32 $((10 * 1048576 + 2048)) 2048" \
+        -c "write -P 0x33 $((64 * 1048576 - 512)) 512" top.qcow2 >/dev/null
+)
+expected_raw="$TEST_TMP/expected.raw"
+qemu-img convert -f qcow2 -O raw "$template/top.qcow2" "$expected_raw"
+
+raw_template="$TEST_TMP/raw-template"
+mkdir -p "$raw_template"
+(
+    cd "$raw_template"
+    qemu-img create -q -f raw base.raw 64M
+    qemu-io -f raw -c "write -P 0x41 0 16M" base.raw >/dev/null
+    qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2
+    qemu-io -f qcow2 -c "write -P 0x42 1M 2M" -c "write -z 6M 1M" mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+    qemu-io -f qcow2 -c "write -P 0x43 2M 64k" -c "write -z 10M 64k" -c "write -P 0x44 20M 1M" top.qcow2 >/dev/null
+)
+raw_expected="$TEST_TMP/raw-expected.raw"
+qemu-img convert -f qcow2 -O raw "$raw_template/top.qcow2" "$raw_expected"
+
+snapshot_template="$TEST_TMP/snapshot-template"
+mkdir -p "$snapshot_template"
+(
+    cd "$snapshot_template"
+    qemu-img create -q -f qcow2 image.qcow2 64M
+    qemu-io -f qcow2 -c "write -P 0x51 0 8M" image.qcow2 >/dev/null
+    qemu-img snapshot -c first image.qcow2
+    qemu-io -f qcow2 -c "write -P 0x52 2M 2M" image.qcow2 >/dev/null
+    qemu-img snapshot -c second image.qcow2
+    qemu-io -f qcow2 -c "write -P 0x53 3M 4M" -c "write -z 20M 1M" image.qcow2 >/dev/null
+)
+snapshot_expected="$TEST_TMP/snapshot-expected.raw"
+qemu-img convert -f qcow2 -O raw "$snapshot_template/image.qcow2" "$snapshot_expected"
+
+run=0
+
+# Fails unless the files a kill left read as the original top did.
+expect_state_readable() {
+    local dir=$1 base=$2 raw=$3 context=$4
+    local intent="$dir/$base.vmcrypt-consolidate-qcow2" view
+    if [[ -e $intent ]] && grep -q '"phase": "switch"' "$intent"; then
+        view=$dir/$base
+    elif [[ -e $dir/top.qcow2 ]]; then
+        view=$dir/top.qcow2
+    elif [[ ! -e $intent ]]; then
+        view=$dir/$base  # the merge had finished
+    else
+        fail "$context: a copy-phase intent file exists, but the top does not: $(ls "$dir")"
+    fi
+    if [[ $view == *.raw ]]; then
+        cmp -s "$dir/$base" "$raw" || fail "$context: the raw base differs from the top's export"
+    else
+        expect_qcow2_equals_raw "$view" "$raw" "($context, before the re-run)"
+    fi
+}
+
+# Kills (or fails, ACTION eio) the command at pass COUNT of fault point NAME on a copy of TEMPLATE,
+# whose disk is DISK and whose result is BASE, then re-runs it and checks the result against RAW.
+crash_at() {
+    local name=$1 count=$2 action=$3 template_dir=$4 disk=$5 base=$6 raw=$7
+    run=$((run + 1))
+    local dir="$TEST_TMP/run$run" context="fault $name:$count:$action on $(basename "$template_dir")"
+    cp -a --sparse=always "$template_dir" "$dir"
+
+    local code=0
+    # The outer redirection keeps bash's "Killed" report out of the test log.
+    { VMCRYPT_FAULT="$name:$count:$action" "$VMCRYPT" consolidate-snapshots "$dir/$disk" \
+        >"$TEST_TMP/fault.stdout" 2>"$TEST_TMP/fault.stderr"; } 2>/dev/null || code=$?
+    local expected=137
+    [[ $action == eio ]] && expected=6
+    [[ $code == "$expected" ]] ||
+        fail "$context: expected exit code $expected (fault point reached), got $code: $(cat "$TEST_TMP/fault.stderr")"
+    if [[ $action == eio && $disk == top.qcow2 ]] && ! grep -q "to resume" "$TEST_TMP/fault.stderr"; then
+        fail "$context: the error does not say how to resume: $(cat "$TEST_TMP/fault.stderr")"
+    fi
+    if [[ $disk == top.qcow2 ]]; then
+        expect_state_readable "$dir" "$base" "$raw" "$context"
+    else
+        expect_qcow2_equals_raw "$dir/$base" "$raw" "($context, before the re-run)"
+    fi
+
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/$disk"
+    if [[ $base == *.raw ]]; then
+        cmp -s "$dir/$base" "$raw" || fail "$context: after the re-run the raw base differs from the top's export"
+    else
+        expect_qcow2_equals_raw "$dir/$base" "$raw" "($context, after the re-run)"
+        expect_qcow2_check_clean "$dir/$base" "($context, after the re-run)"
+        [[ -z $(qemu-img snapshot -l "$dir/$base") ]] || fail "$context: $base still has internal snapshots"
+    fi
+    [[ ! -e $dir/top.qcow2 && ! -e $dir/mid.qcow2 && ! -e $dir/$base.vmcrypt-consolidate-qcow2 ]] ||
+        fail "$context: overlays or the intent file left after the re-run: $(ls "$dir")"
+    rm -rf "$dir"
+}
+
+chain() { crash_at "$1" "$2" "${3:-kill}" "$template" top.qcow2 base.qcow2 "$expected_raw"; }
+chain qcow2-consolidate-intent-written 1
+chain qcow2-snapshot-table-dropped 1
+chain qcow2-refcounts-lowered 1
+chain qcow2-copied-flags-fixed 1
+chain qcow2-clusters-allocated 1
+chain qcow2-refblock-written 1
+chain qcow2-reftable-entry-written 1
+chain qcow2-clusters-allocated 2
+chain qcow2-merge-data-written 1
+chain qcow2-merge-l2-written 1
+chain qcow2-merge-entries-linked 1
+chain qcow2-merge-released 1
+chain qcow2-merge-data-written 2
+chain qcow2-merge-l2-written 2
+chain qcow2-merge-entries-linked 2
+chain qcow2-consolidate-copied 1
+chain qcow2-consolidate-switch-recorded 1
+chain qcow2-consolidate-overlay-removed 1
+chain qcow2-consolidate-overlay-removed 2
+chain qcow2-merge-data-written 2 eio
+chain qcow2-consolidate-overlay-removed 1 eio
+
+crash_at raw-merge-piece-written 2 kill "$raw_template" top.qcow2 base.raw "$raw_expected"
+crash_at qcow2-consolidate-switch-recorded 1 kill "$raw_template" top.qcow2 base.raw "$raw_expected"
+
+for point in qcow2-snapshot-table-dropped qcow2-refcounts-lowered qcow2-copied-flags-fixed; do
+    crash_at "$point" 1 kill "$snapshot_template" image.qcow2 image.qcow2 "$snapshot_expected"
+done
+
+# Kills at chosen times during the chain merge; a merge that finished first is checked the same way.
+for delay in 0.01 0.03 0.06 0.1; do
+    run=$((run + 1))
+    dir="$TEST_TMP/run$run"
+    cp -a --sparse=always "$template" "$dir"
+    "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2" >/dev/null 2>&1 &
+    pid=$!
+    register_background_pid "$pid"
+    sleep "$delay"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_background_pid "$pid"
+    expect_state_readable "$dir" base.qcow2 "$expected_raw" "kill after $delay s"
+    if [[ -e $dir/top.qcow2 || -e $dir/base.qcow2.vmcrypt-consolidate-qcow2 ]]; then
+        expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2"
+    else
+        note "kill after $delay s: the merge had finished"
+    fi
+    expect_qcow2_equals_raw "$dir/base.qcow2" "$expected_raw" "(kill after $delay s, after the re-run)"
+    expect_qcow2_check_clean "$dir/base.qcow2" "(kill after $delay s, after the re-run)"
+    rm -rf "$dir"
+done
