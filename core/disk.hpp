@@ -105,6 +105,9 @@ public:
         return std::nullopt;
     }
 
+    // The cipher (a record cipher name) of the data key that unlock_foreign() returns.
+    virtual std::string foreign_cipher() const { return "aes-xts-plain64"; }
+
     // Structural changes an encrypt needs before its journal exists (qcow2: decompress compressed
     // clusters, allocate and write the LUKS header area). `record` is the in-progress record, so the
     // disk can check that its final form fits before it writes. Each change must leave a valid

@@ -1,6 +1,6 @@
 // CBC decryption of many sectors with one multi-block AES call: unlike CBC encryption, the block
 // decryptions do not depend on each other, so only the XOR with the previous ciphertext block (or the
-// sector's IV) runs block by block.
+// sector's IV) runs block by block. Encryption chains each block into the next, one AES call a block.
 
 #include "core/crypto/aes_cbc_plain64.hpp"
 
@@ -19,6 +19,23 @@ namespace {
 constexpr std::size_t block_size = 16;
 // Sectors decrypted per AES call; bounds the copy of the ciphertext that CBC needs.
 constexpr std::size_t sectors_per_batch = 64;
+
+void check_sectors(std::span<const std::uint8_t> data, std::uint64_t first_sector)
+{
+    if (data.size() % legacy_qcow_sector_size != 0)
+        throw std::invalid_argument("AES-CBC: " + std::to_string(data.size()) +
+                                    " bytes is not a whole number of 512-byte sectors");
+    const std::uint64_t sector_count = data.size() / legacy_qcow_sector_size;
+    if (sector_count > 0 && sector_count - 1 > std::numeric_limits<std::uint64_t>::max() - first_sector)
+        throw std::invalid_argument("AES-CBC: sector number overflows 64 bits");
+}
+
+// The IV of a sector: its number, little-endian, in the first 8 of 16 bytes.
+void xor_iv(std::uint8_t* block, std::uint64_t sector)
+{
+    for (std::size_t i = 0; i < 8; ++i)
+        block[i] ^= static_cast<std::uint8_t>(sector >> (8 * i));
+}
 
 }  // namespace
 
@@ -40,14 +57,25 @@ AesCbcPlain64::AesCbcPlain64(std::span<const std::uint8_t> key)
 
 AesCbcPlain64::~AesCbcPlain64() = default;
 
-void AesCbcPlain64::decrypt_sectors(std::span<std::uint8_t> data, std::uint64_t first_sector) const
+void AesCbcPlain64::encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
 {
-    if (data.size() % legacy_qcow_sector_size != 0)
-        throw std::invalid_argument("AES-CBC: " + std::to_string(data.size()) +
-                                    " bytes is not a whole number of 512-byte sectors");
-    const std::uint64_t sector_count = data.size() / legacy_qcow_sector_size;
-    if (sector_count > 0 && sector_count - 1 > std::numeric_limits<std::uint64_t>::max() - first_sector)
-        throw std::invalid_argument("AES-CBC: sector number overflows 64 bits");
+    check_sectors(data, first_sector);
+    for (std::size_t offset = 0; offset < data.size(); offset += block_size) {
+        std::uint8_t* block = data.data() + offset;
+        if (offset % legacy_qcow_sector_size == 0) {
+            xor_iv(block, first_sector + offset / legacy_qcow_sector_size);
+        } else {
+            const std::uint8_t* previous = block - block_size;
+            for (std::size_t i = 0; i < block_size; ++i)
+                block[i] ^= previous[i];
+        }
+        cipher_->encrypt(block);
+    }
+}
+
+void AesCbcPlain64::decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
+{
+    check_sectors(data, first_sector);
 
     std::vector<std::uint8_t> ciphertext(sectors_per_batch * legacy_qcow_sector_size);
     for (std::size_t done = 0; done < data.size();) {
@@ -59,10 +87,7 @@ void AesCbcPlain64::decrypt_sectors(std::span<std::uint8_t> data, std::uint64_t 
         for (std::size_t offset = 0; offset < length; offset += block_size) {
             std::uint8_t* block = batch + offset;
             if (offset % legacy_qcow_sector_size == 0) {
-                // The IV: the sector number, little-endian, in the first 8 of 16 bytes.
-                const std::uint64_t sector = first_sector + (done + offset) / legacy_qcow_sector_size;
-                for (std::size_t i = 0; i < 8; ++i)
-                    block[i] ^= static_cast<std::uint8_t>(sector >> (8 * i));
+                xor_iv(block, first_sector + (done + offset) / legacy_qcow_sector_size);
             } else {
                 const std::uint8_t* previous = ciphertext.data() + offset - block_size;
                 for (std::size_t i = 0; i < block_size; ++i)

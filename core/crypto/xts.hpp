@@ -7,6 +7,7 @@
 // message per call and is several times slower on 512-byte units.
 
 #include "core/crypto/secure.hpp"
+#include "core/crypto/unit_cipher.hpp"
 
 #include <botan/block_cipher.h>
 
@@ -19,20 +20,20 @@ namespace vmcrypt {
 inline constexpr std::size_t xts_unit_size = 512;
 inline constexpr std::size_t xts_key_size = 64;  // two AES-256 keys: data key, then tweak key
 
-class XtsCipher {
+class XtsCipher final : public UnitCipher {
 public:
     // Throws BadKeyLength unless key is 64 bytes; throws BadKeyLength if the two halves are equal
     // (IEEE 1619-2018 and FIPS 140 forbid key1 == key2).
     explicit XtsCipher(std::span<const std::uint8_t> key);
-    ~XtsCipher();
+    ~XtsCipher() override;
     XtsCipher(const XtsCipher&) = delete;
     XtsCipher& operator=(const XtsCipher&) = delete;
 
     // Encrypts data in place. data.size() must be a multiple of 512; unit i uses tweak first_sector + i.
     // Thread-safe: concurrent calls on one object are allowed. Throws std::invalid_argument on a partial
     // unit or when the last unit's sector number would exceed 2^64 - 1.
-    void encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const;
-    void decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const;
+    void encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const override;
+    void decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const override;
 
     // One data unit of any multiple of 16 bytes with an explicit 16-byte tweak value; for known-answer
     // tests with the IEEE 1619 vectors, whose units are not all 512 bytes. Throws std::invalid_argument

@@ -78,10 +78,12 @@ void check_journal_belongs(Disk& disk, Operation operation, JournalPhase phase, 
     const std::optional<RecordFields> current = disk.record();
     bool belongs = current && *current == journal_record;
     const bool encrypting = operation == Operation::encrypt;
+    // A decrypt of another product's encryption starts without a record of vmcrypt's own.
+    const bool foreign_decrypt_start = !encrypting && !current && disk.foreign_encryption();
     if (!belongs && phase == JournalPhase::metadata)  // the start record may not be written yet
         belongs = encrypting ? !current
-                             : current && has_state(*current, RecordState::encrypted) &&
-                                   same_key_slots(*current, journal_record);
+                             : foreign_decrypt_start || (current && has_state(*current, RecordState::encrypted) &&
+                                                         same_key_slots(*current, journal_record));
     if (!belongs && phase == JournalPhase::finalize)  // the final record may be written already
         belongs = encrypting ? current && has_state(*current, RecordState::encrypted) &&
                                    same_key_slots(*current, journal_record)
@@ -268,6 +270,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         // resumed run unlocks it like any vmcrypt record.
         dek = *foreign_dek;
         EncryptionRecord record;
+        record.cipher = disk->foreign_cipher();
+        record.dek_bits = static_cast<unsigned>(dek.size() * 8);
         record.tweak = disk->tweak_rule();
         record.zero_units = disk->zero_unit_rule();
         record.key_slots.push_back(foreign_source->seal(dek));

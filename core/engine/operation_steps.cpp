@@ -1,6 +1,7 @@
 #include "core/engine/operation_steps.hpp"
 
 #include "core/crypto/random.hpp"
+#include "core/crypto/unit_cipher.hpp"
 #include "core/crypto/xts.hpp"
 #include "core/engine/data_check.hpp"
 #include "core/engine/operation.hpp"
@@ -141,9 +142,10 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
                 continue;
             try {
                 SecureBytes dek = source->unseal(slot);
-                if (dek.size() != xts_key_size)
+                const std::size_t key_size = unit_cipher_key_size(record.cipher);
+                if (dek.size() != key_size)
                     throw InvalidInput(where + ": the unwrapped DEK is " + std::to_string(dek.size()) +
-                                       " bytes, expected 64");
+                                       " bytes, expected " + std::to_string(key_size) + " for " + record.cipher);
                 record.verify_mac(dek, where);
                 return {std::move(dek), position, source};
             } catch (const WrongKey& e) {

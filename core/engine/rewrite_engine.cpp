@@ -1,7 +1,7 @@
 #include "core/engine/rewrite_engine.hpp"
 
 #include "core/crypto/unit_hash.hpp"
-#include "core/crypto/xts.hpp"
+#include "core/crypto/unit_cipher.hpp"
 #include "core/engine/fault_injection.hpp"
 #include "core/engine/parallel_parts.hpp"
 #include "core/engine/run_stream.hpp"
@@ -32,20 +32,47 @@ Direction direction_of(Operation operation)
     throw InvalidInput("journal: a " + to_string(operation) + " journal has no data windows to rewrite");
 }
 
+std::string disk_name(Disk& disk)
+{
+    return disk.files().front()->path().string();
+}
+
+// True when the file already contains the bytes (and has the size) that `update` writes.
+bool metadata_in_place(const std::vector<File*>& files, const MetadataWrite& update)
+{
+    if (update.file_index >= files.size())
+        return false;
+    const File& file = *files[update.file_index];
+    if (update.truncate_to && file.size() != *update.truncate_to)
+        return false;
+    std::vector<std::uint8_t> current(update.bytes.size());
+    return file.read_exact(update.offset, current) && current == update.bytes;
+}
+
+// The cipher that the operation's record names; a record without a cipher field means XTS.
+std::string cipher_of(const RecordFields& record)
+{
+    for (const auto& [name, value] : record)
+        if (name == "cipher")
+            return value;
+    return cipher_aes_xts_plain64;
+}
+
 }  // namespace
 
 struct RewriteEngine::Impl {
     Disk& disk;
     std::vector<File*> files;
-    XtsCipher cipher;
-    std::unique_ptr<XtsCipher> previous;  // deep rekey: the DEK the data is under before its window
+    std::unique_ptr<UnitCipher> cipher;
+    std::unique_ptr<UnitCipher> previous;  // deep rekey: the DEK the data is under before its window
     const RewriteOptions& options;
     RunStream stream;
     ZeroUnits zero_units;
 
-    Impl(Disk& d, const SecureBytes& dek, const SecureBytes* previous_dek, const RewriteOptions& o)
-        : disk(d), files(d.files()), cipher(dek),
-          previous(previous_dek ? std::make_unique<XtsCipher>(*previous_dek) : nullptr), options(o),
+    Impl(Disk& d, const SecureBytes& dek, const SecureBytes* previous_dek, const RewriteOptions& o,
+         const RecordFields& record)
+        : disk(d), files(d.files()), cipher(make_unit_cipher(cipher_of(record), dek)),
+          previous(previous_dek ? make_unit_cipher(cipher_aes_xts_plain64, *previous_dek) : nullptr), options(o),
           stream(d.data_runs()), zero_units(d.zero_unit_rule() == "plain" ? ZeroUnits::kept : ZeroUnits::transformed)
     {
     }
@@ -131,7 +158,7 @@ struct RewriteEngine::Impl {
         log_info("recovering the window at stream offset " + std::to_string(entry.window_start) + ": " +
                  std::to_string(old_count) + " of " + std::to_string(hashes.size()) + " units still to rewrite");
 
-        transform_window(cipher, direction, buffer, segments, still_old, options.threads, zero_units, previous.get());
+        transform_window(*cipher, direction, buffer, segments, still_old, options.threads, zero_units, previous.get());
         write_range(buffer.data(), segments, 0, buffer.size());
         sync_files(segments);
     }
@@ -179,7 +206,7 @@ struct RewriteEngine::Impl {
 
             std::span<std::uint8_t> whole(buffer, length);
             run_in_parts(options.threads, units, [&](std::uint64_t first, std::uint64_t end) {
-                transform_units(cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes, zero_units,
+                transform_units(*cipher, direction, whole, segments, {}, first, end, &entry.unit_hashes, zero_units,
                                 previous.get());
                 write_range(buffer, segments, first * 512, end * 512);
                 if (first == 0)
@@ -218,7 +245,11 @@ RewriteEngine::RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions 
 
 RewriteResult RewriteEngine::start(const RewritePlan& plan)
 {
-    Impl impl(disk_, dek_, previous_dek_, options_);
+    // vmcrypt only decrypts with a cipher other than XTS (legacy qcow AES); it never writes one.
+    if (plan.operation != Operation::decrypt && cipher_of(plan.journal_record) != cipher_aes_xts_plain64)
+        throw InvalidInput(disk_name(disk_) + ": a " + to_string(plan.operation) + " with cipher " +
+                           cipher_of(plan.journal_record) + " is not supported; vmcrypt only decrypts it");
+    Impl impl(disk_, dek_, previous_dek_, options_, plan.journal_record);
 
     JournalHeader header;
     header.operation = plan.operation;
@@ -254,8 +285,23 @@ RewriteResult RewriteEngine::start(const RewritePlan& plan)
 
 RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_metadata)
 {
-    Impl impl(disk_, dek_, previous_dek_, options_);
+    Impl impl(disk_, dek_, previous_dek_, options_, journal.header().record);
     const JournalHeader& header = journal.header();
+
+    // A crash after the final metadata write left only the journal to remove. The disk's layout may
+    // read differently now (a legacy qcow AES image numbers its sectors by guest offset only until the
+    // final header makes it plain), so this is checked before the layout.
+    if (const JournalEntry last = journal.newest();
+        last.phase == JournalPhase::finalize && metadata_in_place(impl.files, *last.metadata)) {
+        log_info("resuming " + to_string(header.operation) + ": the final metadata is written already; "
+                 "removing the journal");
+        journal.remove();
+        RewriteResult result;
+        result.resumed = true;
+        result.bytes_total = impl.stream.total_bytes();
+        return result;
+    }
+
     if (header.total_bytes != impl.stream.total_bytes() || header.layout_digest != impl.stream.layout_digest())
         throw InvalidInput(impl.files.front()->path().string() +
                            ": the disk's layout (grain tables or extents) changed since the interrupted " +

@@ -23,7 +23,7 @@ bool is_zero_unit(std::span<const std::uint8_t> unit)
 namespace {
 
 // Encrypts the plaintext units of `data` except the all-zero ones, which stay zeros (the zero-unit rule).
-void encrypt_non_zero_units(const XtsCipher& cipher, std::span<std::uint8_t> data, std::uint64_t first_sector)
+void encrypt_non_zero_units(const UnitCipher& cipher, std::span<std::uint8_t> data, std::uint64_t first_sector)
 {
     const std::uint64_t units = data.size() / 512;
     std::uint64_t group_start = 0;
@@ -42,10 +42,10 @@ void encrypt_non_zero_units(const XtsCipher& cipher, std::span<std::uint8_t> dat
 
 }  // namespace
 
-void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes,
-                     ZeroUnits zero_units, const XtsCipher* previous)
+                     ZeroUnits zero_units, const UnitCipher* previous)
 {
     if (direction == Direction::reencrypt && !previous)
         throw std::invalid_argument("transform_units: reencrypt needs the previous DEK's cipher");
@@ -108,9 +108,9 @@ void transform_units(const XtsCipher& cipher, Direction direction, std::span<std
     }
 }
 
-void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+void transform_window(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads, ZeroUnits zero_units, const XtsCipher* previous)
+                      unsigned threads, ZeroUnits zero_units, const UnitCipher* previous)
 {
     std::uint64_t units = buffer.size() / 512;
     threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(units / 64 + 1)));

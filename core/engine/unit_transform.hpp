@@ -1,10 +1,11 @@
 #pragma once
-// Applying XTS to the units of a window, with the zero-unit rule: a unit whose input is all zero bytes is
-// left as zeros in both directions. So plaintext zeros stay zeros (thin and sparse disks stay thin) and
-// stored zeros read as zero plaintext. An all-zero ciphertext of a non-zero plaintext unit has probability
-// 2^-4096 and is not handled.
+// Applying a unit cipher (XTS, or CBC for a legacy qcow AES decrypt) to the units of a window, with the
+// zero-unit rule: a unit whose input is all zero bytes is left as zeros in both directions. So
+// plaintext zeros stay zeros (thin and sparse disks stay thin) and stored zeros read as zero
+// plaintext. An all-zero ciphertext of a non-zero plaintext unit has probability 2^-4096 and is not
+// handled.
 
-#include "core/crypto/xts.hpp"
+#include "core/crypto/unit_cipher.hpp"
 #include "core/engine/run_stream.hpp"
 
 #include <span>
@@ -26,16 +27,16 @@ bool is_zero_unit(std::span<const std::uint8_t> unit);
 // `unit_hashes` (unit_hash of every unit of the buffer) only units that hash like a zero unit are
 // scanned for zeros, which saves a pass over the data. Direction::reencrypt needs `previous`, the cipher
 // of the previous DEK; with ZeroUnits::kept a unit that decrypts to all zeros is then stored as zeros.
-void transform_units(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit,
                      const std::vector<std::uint64_t>* unit_hashes = nullptr, ZeroUnits zero_units = ZeroUnits::kept,
-                     const XtsCipher* previous = nullptr);
+                     const UnitCipher* previous = nullptr);
 
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.
-void transform_window(const XtsCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
+void transform_window(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                       const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
-                      unsigned threads, ZeroUnits zero_units = ZeroUnits::kept, const XtsCipher* previous = nullptr);
+                      unsigned threads, ZeroUnits zero_units = ZeroUnits::kept, const UnitCipher* previous = nullptr);
 
 }  // namespace vmcrypt

@@ -69,7 +69,9 @@ KeySlot KeySlot::parse(const std::string& text, const std::string& where)
 
     if (slot.type.empty())
         throw InvalidInput(where + ": key slot has no type");
-    if (slot.wrapped_dek.size() != 72)
+    // 24 bytes: the 16-byte key of a legacy qcow AES image that vmcrypt is decrypting. The record's
+    // cipher decides which size the unwrapped key must have.
+    if (slot.wrapped_dek.size() != 72 && slot.wrapped_dek.size() != 24)
         throw InvalidInput(where + ": wrapped DEK is " + std::to_string(slot.wrapped_dek.size()) +
                            " bytes, expected 72 (a 64-byte DEK wrapped with RFC 3394)");
     return slot;

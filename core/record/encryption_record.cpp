@@ -114,10 +114,20 @@ EncryptionRecord EncryptionRecord::from_fields(const RecordFields& fields, const
                            "\" is not one of encrypting, encrypted, decrypting, rekeying");
 
     record.cipher = take("cipher");
-    if (record.cipher != record_cipher)
+    const std::string dek_bits = take("dekBits");
+    if (record.cipher == legacy_record_cipher) {
+        // A legacy qcow AES image that vmcrypt decrypts: its 16-byte password key is the DEK meanwhile.
+        if (record.state != RecordState::decrypting)
+            throw InvalidInput(where + ": cipher " + record.cipher + " is only valid while a legacy qcow AES image "
+                               "is decrypted, but the state is " + state);
+        if (dek_bits != "128")
+            throw UnsupportedInput(where + ": dekBits must be 128 for " + record.cipher);
+        record.dek_bits = 128;
+    } else if (record.cipher != record_cipher) {
         throw UnsupportedInput(where + ": cipher \"" + record.cipher + "\" is not supported (expected aes-xts-plain64)");
-    if (take("dekBits") != "512")
+    } else if (dek_bits != "512") {
         throw UnsupportedInput(where + ": dekBits must be 512 (AES-256-XTS)");
+    }
     if (take("unitSize") != "512")
         throw UnsupportedInput(where + ": unitSize must be 512");
     record.unit_size = 512;

@@ -20,6 +20,9 @@ std::string to_string(RecordState state);
 
 inline constexpr int record_version = 1;
 inline constexpr const char* record_cipher = "aes-xts-plain64";
+// The cipher of a record that only exists while vmcrypt decrypts a legacy qcow AES image (crypt
+// method 1): AES-128-CBC with the guest sector as IV, dekBits 128, state decrypting.
+inline constexpr const char* legacy_record_cipher = "aes-cbc-plain64";
 // Key slot ids are 0 to max_key_slots - 1, stored as ddb.vmcrypt.keySlot.<id>.
 inline constexpr std::uint32_t max_key_slots = 32;
 

@@ -42,6 +42,34 @@ TEST(EncryptionRecord, RoundTripThroughFields)
     EXPECT_NO_THROW(parsed.verify_mac(dek, "disk.vmdk"));
 }
 
+TEST(EncryptionRecord, LegacyCipherOnlyWhileDecrypting)
+{
+    // The record of a legacy qcow AES decrypt: a 16-byte key wrapped to 24 bytes, 128 DEK bits.
+    SecureBytes key = random_bytes(16);
+    EncryptionRecord record;
+    record.state = RecordState::decrypting;
+    record.cipher = legacy_record_cipher;
+    record.dek_bits = 128;
+    record.tweak = "guest-sector";
+    record.zero_units = "encrypted";
+    record.key_slots = {sample_slot()};
+    record.key_slots[0].wrapped_dek.assign(24, 0xcd);
+    record.seal(key);
+    EncryptionRecord parsed = EncryptionRecord::from_fields(record.to_fields(), "disk.qcow2");
+    EXPECT_EQ(parsed.cipher, "aes-cbc-plain64");
+    EXPECT_EQ(parsed.dek_bits, 128u);
+    EXPECT_NO_THROW(parsed.verify_mac(key, "disk.qcow2"));
+
+    record.state = RecordState::encrypted;
+    record.seal(key);
+    EXPECT_THROW(EncryptionRecord::from_fields(record.to_fields(), "disk.qcow2"), InvalidInput);
+
+    record.state = RecordState::decrypting;
+    record.dek_bits = 512;
+    record.seal(key);
+    EXPECT_THROW(EncryptionRecord::from_fields(record.to_fields(), "disk.qcow2"), UnsupportedInput);
+}
+
 TEST(EncryptionRecord, MacCoversEveryField)
 {
     SecureBytes dek = random_bytes(64);

@@ -3,6 +3,7 @@
 // and AES-128-CBC with plain64 IVs (Python `cryptography`).
 
 #include "core/crypto/aes_cbc_plain64.hpp"
+#include "core/crypto/unit_cipher.hpp"
 #include "core/crypto/af_split.hpp"
 #include "core/crypto/pbkdf2.hpp"
 #include "core/error.hpp"
@@ -140,14 +141,18 @@ TEST(AesCbcPlain64Vectors, MatchPythonCryptography)
 
         const AesCbcPlain64 cipher(legacy_qcow_key(password));
         auto data = ciphertext;
-        cipher.decrypt_sectors(data, first_sector);
+        cipher.decrypt_units(data, first_sector);
         EXPECT_EQ(data, plaintext) << "all sectors in one call";
+
+        auto encrypted = plaintext;
+        cipher.encrypt_units(encrypted, first_sector);
+        EXPECT_EQ(encrypted, ciphertext) << "encryption of the plaintext";
 
         for (std::size_t i = 0; i < data.size() / legacy_qcow_sector_size; ++i) {
             const auto offset = static_cast<std::ptrdiff_t>(i * legacy_qcow_sector_size);
             std::vector<std::uint8_t> sector(ciphertext.begin() + offset,
                                              ciphertext.begin() + offset + legacy_qcow_sector_size);
-            cipher.decrypt_sectors(sector, first_sector + i);
+            cipher.decrypt_units(sector, first_sector + i);
             EXPECT_TRUE(std::equal(sector.begin(), sector.end(), plaintext.begin() + offset)) << "sector " << i;
         }
     }
@@ -161,14 +166,29 @@ TEST(AesCbcPlain64, DecryptsAcrossBatches)
         data[i] = static_cast<std::uint8_t>(i * 7 + 3);
     const AesCbcPlain64 cipher(legacy_qcow_key(std::vector<std::uint8_t>{'k', 'e', 'y'}));
     auto whole = data;
-    cipher.decrypt_sectors(whole, 40);
+    cipher.decrypt_units(whole, 40);
     for (std::size_t i = 0; i < 200; ++i) {
         std::vector<std::uint8_t> sector(data.begin() + static_cast<std::ptrdiff_t>(i * 512),
                                          data.begin() + static_cast<std::ptrdiff_t>((i + 1) * 512));
-        cipher.decrypt_sectors(sector, 40 + i);
+        cipher.decrypt_units(sector, 40 + i);
         ASSERT_TRUE(std::equal(sector.begin(), sector.end(), whole.begin() + static_cast<std::ptrdiff_t>(i * 512)))
             << "sector " << i;
     }
+}
+
+TEST(UnitCipherFactory, MakesCipherOfRecordName)
+{
+    std::vector<std::uint8_t> key(16, 7);
+    std::vector<std::uint8_t> data(1024, 0x5a);
+    auto cbc = make_unit_cipher(cipher_aes_cbc_plain64, key);
+    auto expected = data;
+    AesCbcPlain64(key).encrypt_units(expected, 9);
+    cbc->encrypt_units(data, 9);
+    EXPECT_EQ(data, expected);
+    EXPECT_EQ(unit_cipher_key_size(cipher_aes_cbc_plain64), 16u);
+    EXPECT_EQ(unit_cipher_key_size(cipher_aes_xts_plain64), 64u);
+    EXPECT_THROW(make_unit_cipher(cipher_aes_xts_plain64, key), BadKeyLength);
+    EXPECT_THROW(make_unit_cipher("aes-ecb", key), UnsupportedInput);
 }
 
 TEST(AesCbcPlain64, RejectsBadInput)
@@ -176,9 +196,11 @@ TEST(AesCbcPlain64, RejectsBadInput)
     EXPECT_THROW(AesCbcPlain64(std::vector<std::uint8_t>(32, 1)), BadKeyLength);
     const AesCbcPlain64 cipher(legacy_qcow_key(std::vector<std::uint8_t>{'k'}));
     std::vector<std::uint8_t> partial(500);
-    EXPECT_THROW(cipher.decrypt_sectors(partial, 0), std::invalid_argument);
+    EXPECT_THROW(cipher.decrypt_units(partial, 0), std::invalid_argument);
     std::vector<std::uint8_t> two(1024);
-    EXPECT_THROW(cipher.decrypt_sectors(two, ~std::uint64_t{0}), std::invalid_argument);
+    EXPECT_THROW(cipher.decrypt_units(two, ~std::uint64_t{0}), std::invalid_argument);
+    EXPECT_THROW(cipher.encrypt_units(partial, 0), std::invalid_argument);
+    EXPECT_THROW(cipher.encrypt_units(two, ~std::uint64_t{0}), std::invalid_argument);
 }
 
 TEST(LegacyQcowKey, PadsAndTruncatesPassword)

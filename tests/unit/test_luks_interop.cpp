@@ -402,10 +402,10 @@ TEST_F(LuksInteropTest, LegacyAesMatchesQemuAndLibqcow)
     const AesCbcPlain64 cipher(legacy_qcow_key(bytes_of("PASS")));
     const auto ciphertext = read_file(image, host, 65536);
     auto data = ciphertext;
-    cipher.decrypt_sectors(data, guest / 512);
+    cipher.decrypt_units(data, guest / 512);
     EXPECT_TRUE(std::equal(data.begin(), data.end(), source.begin())) << "IV = guest offset / 512";
     auto wrong = ciphertext;
-    cipher.decrypt_sectors(wrong, host / 512);
+    cipher.decrypt_units(wrong, host / 512);
     EXPECT_FALSE(std::equal(wrong.begin(), wrong.end(), source.begin()));
 
     // What QEMU reads back.

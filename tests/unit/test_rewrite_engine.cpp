@@ -1,6 +1,7 @@
 // Engine tests on real files: round trip, the zero-unit rule, interruption at window boundaries, and
 // recovery of a half-rewritten window, compared byte for byte with an uninterrupted run.
 
+#include "core/crypto/aes_cbc_plain64.hpp"
 #include "core/crypto/random.hpp"
 #include "core/crypto/unit_hash.hpp"
 #include "core/crypto/xts.hpp"
@@ -129,6 +130,28 @@ TEST_F(RewriteEngineTest, CiphertextUsesRunSectorsAsTweaks)
     std::vector<std::uint8_t> unit(plaintext_.begin() + 640 * kib, plaintext_.begin() + 640 * kib + 512);
     XtsCipher(dek_).encrypt_units(unit, 5000);
     EXPECT_TRUE(std::equal(unit.begin(), unit.end(), encrypted.begin() + 640 * kib));
+}
+
+TEST_F(RewriteEngineTest, DecryptsWithCipherOfRecord)
+{
+    // Data under AES-128-CBC with the run sectors as IVs, as a legacy qcow AES image stores it.
+    const SecureBytes key = random_bytes(16);
+    std::vector<std::uint8_t> encrypted = plaintext_;
+    for (const DataRun& run : runs_)
+        AesCbcPlain64(key).encrypt_units({encrypted.data() + run.host_offset, run.length}, run.first_sector);
+    FileBackedDisk disk = make_disk("cbc");
+    write_all(dir_ / "cbc.data", encrypted);
+
+    RewritePlan decrypt = plan(disk, Operation::decrypt);
+    decrypt.journal_record.emplace_back("cipher", cipher_aes_cbc_plain64);
+    RewriteEngine(disk, key, options(64 * kib)).start(decrypt);
+    EXPECT_EQ(read_all(dir_ / "cbc.data"), plaintext_);
+
+    // vmcrypt never writes CBC ciphertext.
+    RewritePlan encrypt = plan(disk, Operation::encrypt);
+    encrypt.journal_record.emplace_back("cipher", cipher_aes_cbc_plain64);
+    EXPECT_THROW(RewriteEngine(disk, key, options(64 * kib)).start(encrypt), InvalidInput);
+    EXPECT_EQ(read_all(dir_ / "cbc.data"), plaintext_);
 }
 
 TEST_F(RewriteEngineTest, WindowSizeDoesNotChangeResult)
