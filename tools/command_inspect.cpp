@@ -152,8 +152,11 @@ void print_qcow2(const json& image)
     if (!image["dataFile"].is_null())
         std::printf("  external data file: %s\n", image["dataFile"].get<std::string>().c_str());
     std::printf("  crypt method: %u (%s)%s\n", image["cryptMethod"].get<unsigned>(),
-                image["encryption"].get<std::string>().c_str(),
-                image["insecure"].get<bool>() ? ", INSECURE: re-encrypt it with vmcrypt" : "");
+                image["encryption"].get<std::string>().c_str(), image["insecure"].get<bool>() ? ", INSECURE" : "");
+    if (image["insecure"].get<bool>()) {
+        std::printf("    why: %s\n", image["insecureReason"].get<std::string>().c_str());
+        std::printf("    fix: %s\n", image["recommendation"].get<std::string>().c_str());
+    }
 }
 
 void print_text(const json& report)
@@ -279,7 +282,7 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
                    {"unfinishedMerge", describe_merge(path, disk_path)},
                    {"inUse", in_use}};
     if (const auto* image = dynamic_cast<const qcow2::QcowDisk*>(disk.get()))
-        report["qcow2"] = qcow2::describe_image(*image);
+        report["qcow2"] = qcow2::describe_image(*image, disk_path);
 
     if (global.json)
         std::printf("%s\n", report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());

@@ -63,6 +63,7 @@ struct Walker {
     const Header& header;
     ClusterReferences* references;
     const std::string& where;
+    SectorNumbering numbering;
     ClusterMap map;
     std::uint64_t file_size = 0;
 
@@ -71,17 +72,18 @@ struct Walker {
         return "L2 table " + std::to_string(l1_index) + " entry " + std::to_string(l2_index);
     }
 
-    void add_run(std::uint64_t host, std::uint64_t length)
+    void add_run(std::uint64_t host, std::uint64_t guest, std::uint64_t length)
     {
+        const std::uint64_t sector = (numbering == SectorNumbering::host ? host : guest) / 512;
         if (!map.runs.empty()) {
             DataRun& last = map.runs.back();
-            if (last.host_offset + last.length == host) {
+            if (last.host_offset + last.length == host && last.first_sector + last.length / 512 == sector) {
                 last.length += length;
                 map.data_bytes += length;
                 return;
             }
         }
-        map.runs.push_back(DataRun{0, host, length, host / 512});
+        map.runs.push_back(DataRun{0, host, length, sector});
         map.data_bytes += length;
     }
 
@@ -199,7 +201,8 @@ struct Walker {
                     ++map.data_clusters;
                 for (unsigned s = 0; s < subclusters_per_cluster; ++s)
                     if (allocated & (1u << s))
-                        add_run(host + s * subcluster_size, subcluster_size);
+                        add_run(host + s * subcluster_size, guest_cluster * cluster_size + s * subcluster_size,
+                                subcluster_size);
                 continue;
             }
 
@@ -211,7 +214,7 @@ struct Walker {
             }
             if (host != 0) {
                 ++map.data_clusters;
-                add_run(host, cluster_size);
+                add_run(host, guest_cluster * cluster_size, cluster_size);
             }
         }
     }
@@ -220,9 +223,9 @@ struct Walker {
 }  // namespace
 
 ClusterMap walk_cluster_tables(const File& file, const Header& header, ClusterReferences* references,
-                               const std::string& where)
+                               const std::string& where, SectorNumbering numbering)
 {
-    Walker walker{file, header, references, where, {}, file.size()};
+    Walker walker{file, header, references, where, numbering, {}, file.size()};
     walker.walk_l1();
     return std::move(walker.map);
 }

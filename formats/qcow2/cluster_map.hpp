@@ -76,12 +76,17 @@ struct ClusterMap {
     std::uint64_t data_end = 0;             // end of the last data cluster, which may be past the file's end
 };
 
+// The sector number a data run's units are encrypted with (DataRun::first_sector): the host offset / 512
+// for LUKS (crypt method 2), the guest offset / 512 for legacy qcow AES (crypt method 1), as QEMU does.
+enum class SectorNumbering { host, guest };
+
 // Reads and validates the active L1 table and every L2 table it names. Adds every referenced host
 // cluster (L2 tables, data, compressed ranges) to `references` when given. Throws InvalidInput naming
 // the L1 or L2 index and the problem: reserved bits, unaligned or out-of-file offsets, an allocated and
 // zero subcluster.
+// Data runs are merged only where their sector numbers continue too.
 ClusterMap walk_cluster_tables(const File& file, const Header& header, ClusterReferences* references,
-                               const std::string& where);
+                               const std::string& where, SectorNumbering numbering = SectorNumbering::host);
 
 // Decodes a compressed L2 entry into host offset and stored bytes.
 CompressedCluster decode_compressed_entry(std::uint64_t entry, std::uint32_t cluster_bits);

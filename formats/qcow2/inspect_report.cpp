@@ -1,5 +1,7 @@
 #include "formats/qcow2/inspect_report.hpp"
 
+#include "core/text/shell_words.hpp"
+
 namespace vmcrypt::qcow2 {
 
 namespace {
@@ -70,6 +72,11 @@ std::string encryption_kind(const QcowDisk& disk)
     return "unknown";
 }
 
+// Why legacy qcow AES is insecure.
+constexpr const char* legacy_aes_weakness =
+    "AES-128-CBC with a predictable IV (the guest sector number), which leaks patterns and allows "
+    "watermarking, and the password is used directly as the key (no salt, no key derivation, no key check)";
+
 std::string text_of(const HeaderExtension* extension)
 {
     return extension ? std::string(extension->data.begin(), extension->data.end()) : std::string();
@@ -77,7 +84,7 @@ std::string text_of(const HeaderExtension* extension)
 
 }  // namespace
 
-json describe_image(const QcowDisk& disk)
+json describe_image(const QcowDisk& disk, const std::string& disk_path)
 {
     const Header& header = disk.header();
     const ClusterMap& map = disk.cluster_map();
@@ -103,6 +110,7 @@ json describe_image(const QcowDisk& disk)
     const HeaderExtension* backing_format = header.find_extension(ext_backing_format);
     const HeaderExtension* data_file = header.find_extension(ext_data_file);
     const std::string encryption = encryption_kind(disk);
+    const bool insecure = encryption == "legacy-aes";
     return {{"version", header.version},
             {"clusterSize", header.cluster_size()},
             {"refcountBits", header.refcount_bits()},
@@ -126,7 +134,12 @@ json describe_image(const QcowDisk& disk)
             {"dataFile", data_file ? json(text_of(data_file)) : json(nullptr)},
             {"cryptMethod", header.crypt_method},
             {"encryption", encryption},
-            {"insecure", encryption == "legacy-aes"},
+            {"insecure", insecure},
+            {"insecureReason", insecure ? json(legacy_aes_weakness) : json(nullptr)},
+            {"recommendation", insecure ? json("decrypt it with its password, then encrypt it properly: " +
+                                               shell_command({"vmcrypt", "decrypt", "--passphrase", disk_path}) +
+                                               ", then " + shell_command({"vmcrypt", "encrypt", disk_path}))
+                                        : json(nullptr)},
             {"luksArea", luks_area},
             {"extensions", extensions}};
 }

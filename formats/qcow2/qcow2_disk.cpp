@@ -112,15 +112,19 @@ void QcowDisk::load(bool check_state)
                                  " (qemu-img snapshot -l lists them)");
     }
 
+    next_area_ = header_.next_luks_area();
+    load_record();
     if (!writing) {
-        map_ = walk_cluster_tables(file, header_, nullptr, name_);
+        map_ = walk_cluster_tables(file, header_, nullptr, name_, sector_numbering());
         refcounts_.reset();
     } else {
         refcounts_ = Refcounts::load(file, header_, name_);
         check_refcounts(count_references());
     }
+}
 
-    next_area_ = header_.next_luks_area();
+void QcowDisk::load_record()
+{
     record_.reset();
     if (const HeaderExtension* extension = header_.find_extension(ext_vmcrypt)) {
         std::string text(extension->data.begin(), extension->data.end());
@@ -144,7 +148,7 @@ ClusterReferences QcowDisk::count_references()
     ClusterReferences references(header_.cluster_bits, file_->size(), name_);
     references.add_exclusive(0, header_.cluster_size(), "the header");
     refcounts_->add_references(references);
-    map_ = walk_cluster_tables(*file_, header_, &references, name_);
+    map_ = walk_cluster_tables(*file_, header_, &references, name_, sector_numbering());
     if (std::optional<CryptoHeaderPointer> area = header_.crypto_header()) {
         // While vmcrypt's guard is set, decrypt may have released the area already (its last step
         // before the final header write), so an area whose refcount is 0 is not counted.
@@ -171,6 +175,22 @@ void QcowDisk::check_refcounts(const ClusterReferences& references) const
                                std::to_string(count) + " references use it; repair the image with: qemu-img check -r all " +
                                name_);
     }
+}
+
+SectorNumbering QcowDisk::sector_numbering() const
+{
+    if (static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::aes)
+        return SectorNumbering::guest;
+    if (record_)
+        for (const auto& [name, value] : *record_)
+            if (name == "tweak" && value == "guest-sector")
+                return SectorNumbering::guest;
+    return SectorNumbering::host;
+}
+
+std::string QcowDisk::tweak_rule() const
+{
+    return sector_numbering() == SectorNumbering::guest ? "guest-sector" : "host-sector";
 }
 
 bool QcowDisk::references_complete() const

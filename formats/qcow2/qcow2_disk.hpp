@@ -34,8 +34,9 @@ public:
     std::uint64_t capacity() const override { return header_.size; }
     std::vector<File*> files() override { return {file_.get()}; }
     std::vector<DataRun> data_runs() const override { return map_.runs; }
-    // QEMU's LUKS rule: the XTS tweak of a 512-byte unit is its host offset / 512.
-    std::string tweak_rule() const override { return "host-sector"; }
+    // QEMU's rules: the XTS tweak of a LUKS unit is its host offset / 512 ("host-sector"); the CBC IV of
+    // a legacy qcow AES sector is its guest offset / 512 ("guest-sector"), also while vmcrypt decrypts it.
+    std::string tweak_rule() const override;
     // QEMU decrypts every allocated unit, zeros included.
     std::string zero_unit_rule() const override { return "encrypted"; }
     std::optional<RecordFields> record() const override { return record_; }
@@ -47,6 +48,7 @@ public:
     void prepare_encrypt(const SecureBytes& dek, const RecordFields& record) override;
     void prepare_rekey(const SecureBytes& new_dek, const RecordFields& record) override;
     std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
+    std::string foreign_cipher() const override;
 
     const Header& header() const { return header_; }
     const ClusterMap& cluster_map() const { return map_; }
@@ -57,6 +59,9 @@ public:
 private:
     QcowDisk() = default;
     void load(bool check_state);
+    void load_record();
+    // Guest numbering for a legacy qcow AES image and for one that vmcrypt is decrypting from it.
+    SectorNumbering sector_numbering() const;
     // Walks the tables into map_ and counts every reference to each host cluster (read-write opens).
     ClusterReferences count_references();
     void check_refcounts(const ClusterReferences& references) const;

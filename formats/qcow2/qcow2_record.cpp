@@ -6,6 +6,8 @@
 //                 extension naming the LUKS area, and the vmcrypt extension with state encrypting or
 //                 decrypting;
 //   encrypted:    crypt_method 2 (LUKS), the crypto extension, the vmcrypt extension (state encrypted).
+// A decrypt of a legacy qcow AES image (crypt_method 1) goes through the in-progress state without a
+// crypto extension, its record naming cipher aes-cbc-plain64.
 // Each state change is one header write that the rewrite engine journals first, so a crash in the
 // middle of it is redone on resume.
 
@@ -13,6 +15,7 @@
 #include "core/error.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/legacy_aes.hpp"
 #include "formats/qcow2/luks1_header.hpp"
 #include "formats/qcow2/luks_area.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
@@ -53,7 +56,9 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
 
     const bool encrypted = field_value(*fields, "state") == "encrypted";
     next.crypt_method = static_cast<std::uint32_t>(encrypted ? CryptMethod::luks : CryptMethod::vmcrypt_in_progress);
-    if (!next.find_extension(ext_crypto)) {
+    // A legacy qcow AES image has no LUKS area, and its decrypt never creates one.
+    const bool legacy_decrypt = field_value(*fields, "cipher") == legacy_record_cipher;
+    if (!legacy_decrypt && !next.find_extension(ext_crypto)) {
         // A resumed encrypt computes its final record before the journaled start write names the area.
         // That header is only measured and is built again once the area is known. Its placeholder
         // pointer to offset 0 can never be written, because apply() parses it and rejects offset 0.
@@ -153,8 +158,19 @@ void QcowDisk::apply(const MetadataWrite& update)
     load(false);
 }
 
+std::string QcowDisk::foreign_cipher() const
+{
+    return static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::aes ? legacy_record_cipher : record_cipher;
+}
+
 std::optional<SecureBytes> QcowDisk::unlock_foreign(const SecureBytes* passphrase)
 {
+    if (static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::aes) {
+        if (!passphrase)
+            throw KeyUnavailable(name_ + ": the image is encrypted with legacy qcow AES (crypt_method 1); give its "
+                                         "password with --passphrase-file, --passphrase-fd or --passphrase to decrypt it");
+        return unlock_legacy_aes(*file_, map_, *passphrase, name_);
+    }
     std::optional<CryptoHeaderPointer> pointer = header_.crypto_header();
     if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::luks || record_ || !pointer)
         return std::nullopt;

@@ -123,3 +123,38 @@ if wrong or old_matches:
              "the old DEK")
 PY
 }
+
+# Fails unless libqcow (python3-libqcow) reads the guest data of the qcow2 IMAGE as the raw file RAW
+# holds it; PASSWORD, when given, is the legacy qcow AES password libqcow decrypts with. libqcow
+# 20201213 reads clusters with the version 3 zero flag as the cluster at offset 0 (the header), so
+# the ranges that qemu-img map reports as zero without data are left out.
+expect_libqcow_reads() {
+    local image=$1 raw=$2 password=${3:-}
+    if [[ -n $password ]]; then
+        qemu-img map --output=json --object "secret,id=sec0,data=$password" \
+            --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" >"$TEST_TMP/map.json"
+    else
+        qemu-img map -f qcow2 --output=json "$image" >"$TEST_TMP/map.json"
+    fi
+    "$PYTHON" - "$image" "$raw" "$TEST_TMP/map.json" "$password" <<'PY' || fail "libqcow reads other guest data than qemu-img from $image"
+import json, sys
+import pyqcow
+
+image = pyqcow.file()
+if sys.argv[4]:
+    image.set_password(sys.argv[4])
+image.open(sys.argv[1])
+with open(sys.argv[2], "rb") as raw, open(sys.argv[3]) as map_file:
+    for entry in json.load(map_file):
+        if entry["zero"] and not entry["data"]:
+            continue
+        offset, end = entry["start"], entry["start"] + entry["length"]
+        while offset < end:
+            length = min(1 << 20, end - offset)
+            raw.seek(offset)
+            if image.read_buffer_at_offset(length, offset) != raw.read(length):
+                sys.exit(f"libqcow differs from qemu-img in the 1 MiB at guest offset {offset}")
+            offset += length
+image.close()
+PY
+}

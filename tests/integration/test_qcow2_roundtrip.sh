@@ -10,32 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib_qcow2.sh"
 
 QCOW2_IMAGE_SIZE=64M
 
-# Fails unless libqcow (python3-libqcow) reads the guest data of the qcow2 IMAGE as the raw file RAW
-# holds it. libqcow 20201213 reads clusters with the version 3 zero flag as the cluster at offset 0
-# (the header), so the ranges that qemu-img map reports as zero without data are left out.
-expect_libqcow_reads() {
-    qemu-img map -f qcow2 --output=json "$1" >"$TEST_TMP/map.json"
-    "$PYTHON" - "$1" "$2" "$TEST_TMP/map.json" <<'PY' || fail "libqcow reads other guest data than qemu-img from $1"
-import json, sys
-import pyqcow
-
-image = pyqcow.file()
-image.open(sys.argv[1])
-with open(sys.argv[2], "rb") as raw, open(sys.argv[3]) as map_file:
-    for entry in json.load(map_file):
-        if entry["zero"] and not entry["data"]:
-            continue
-        offset, end = entry["start"], entry["start"] + entry["length"]
-        while offset < end:
-            length = min(1 << 20, end - offset)
-            raw.seek(offset)
-            if image.read_buffer_at_offset(length, offset) != raw.read(length):
-                sys.exit(f"libqcow differs from qemu-img in the 1 MiB at guest offset {offset}")
-            offset += length
-image.close()
-PY
-}
-
 roundtrip() {
     local name=$1
     shift
