@@ -74,7 +74,7 @@ void parse_extensions(Header& header, std::span<const std::uint8_t> cluster0, st
         extension.data.assign(cluster0.begin() + offset + 8, cluster0.begin() + offset + 8 + length);
         for (const HeaderExtension& earlier : header.extensions)
             if (earlier.type == type && (type == ext_crypto || type == ext_vmcrypt || type == ext_vmcrypt_next_luks ||
-                                         type == ext_data_file ||
+                                         type == ext_vmcrypt_record_pointer || type == ext_data_file ||
                                          type == ext_backing_format || type == ext_bitmaps))
                 throw errors.invalid("extension " + hex(type), "appears twice");
         header.extensions.push_back(std::move(extension));

@@ -50,6 +50,8 @@ std::string extension_name(std::uint32_t type)
         return "external data file name";
     case ext_vmcrypt:
         return "vmcrypt encryption record";
+    case ext_vmcrypt_record_pointer:
+        return "vmcrypt encryption record pointer";
     case ext_vmcrypt_next_luks:
         return "vmcrypt next LUKS area (deep rekey in progress)";
     default:

@@ -5,6 +5,8 @@
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
+#include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/luks_area.hpp"
 
 #include <algorithm>
 #include <set>
@@ -27,7 +29,7 @@ std::string feature_list(const Header& header, std::uint8_t kind, std::uint64_t 
 bool known_extension(std::uint32_t type)
 {
     return type == ext_backing_format || type == ext_feature_table || type == ext_crypto || type == ext_vmcrypt ||
-           type == ext_vmcrypt_next_luks || type == ext_data_file;
+           type == ext_vmcrypt_next_luks || type == ext_vmcrypt_record_pointer || type == ext_data_file;
 }
 
 // The path a backing file name refers to: relative names are relative to the image's folder.
@@ -134,6 +136,8 @@ void QcowDisk::load_record()
             throw InvalidInput(name_ + ": vmcrypt header extension (0x766d6372) is damaged: " + e.what());
         }
     }
+    if (const HeaderExtension* pointer = header_.find_extension(ext_vmcrypt_record_pointer))
+        load_record_from_luks_area(*pointer);
     auto method = static_cast<CryptMethod>(header_.crypt_method);
     if (method == CryptMethod::vmcrypt_in_progress && !record_)
         throw InvalidInput(name_ + ": qcow2 header: crypt_method is vmcrypt's in-progress value but the vmcrypt "
@@ -175,6 +179,37 @@ void QcowDisk::check_refcounts(const ClusterReferences& references) const
                                std::to_string(count) + " references use it; repair the image with: qemu-img check -r all " +
                                name_);
     }
+}
+
+void QcowDisk::load_record_from_luks_area(const HeaderExtension& pointer)
+{
+    const std::string what = name_ + ": vmcrypt record pointer extension (0x766d7270)";
+    const std::optional<CryptoHeaderPointer> area = header_.crypto_header();
+    if (record_)
+        throw InvalidInput(what + ": the header also contains the record itself (0x766d6372); restore the image "
+                                  "from a backup");
+    if (pointer.data.size() != 16 || !area)
+        throw InvalidInput(what + " is not 16 bytes, or the crypto header extension it points into is missing; "
+                                  "restore the image from a backup");
+    const std::uint64_t offset = load_be64(pointer.data, 0);
+    const std::uint64_t length = load_be64(pointer.data, 8);
+    if (offset != area->offset + luks_record_offset || length != luks_record_capacity)
+        throw InvalidInput(what + ": the record at " + hex(offset) + " with " + std::to_string(length) +
+                           " bytes is not sectors 2 to 7 of the LUKS area at " + hex(area->offset) +
+                           "; restore the image from a backup");
+
+    std::vector<std::uint8_t> bytes(luks_record_capacity);
+    if (!file_->read_exact(offset, bytes))
+        throw InvalidInput(what + ": the record at " + hex(offset) + " is past the end of the file");
+    const auto text_end = std::find(bytes.begin(), bytes.end(), std::uint8_t{0});
+    try {
+        record_ = fields_from_text(std::string(bytes.begin(), text_end));
+    } catch (const Error& e) {
+        throw InvalidInput(name_ + ": the vmcrypt record in the LUKS area at " + hex(offset) + " is damaged: " +
+                           e.what());
+    }
+    if (record_->empty())
+        throw InvalidInput(name_ + ": the vmcrypt record in the LUKS area at " + hex(offset) + " is empty");
 }
 
 SectorNumbering QcowDisk::sector_numbering() const

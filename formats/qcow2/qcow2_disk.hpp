@@ -5,7 +5,8 @@
 // read-write open, the refcounts against every reference, so that later steps work on checked values.
 // A read-write open takes QEMU's image lock first and then rejects what vmcrypt must not rewrite: the
 // dirty or corrupt bit, internal snapshots, unknown incompatible features and an external data file.
-// vmcrypt's encryption record lives in header extension 0x766d6372 as "key=value" lines.
+// vmcrypt's encryption record lives in header extension 0x766d6372 as "key=value" lines, or, with
+// 512-byte clusters, in sectors 2 to 7 of the LUKS area that extension 0x766d7270 points at.
 
 #include "core/crypto/secure.hpp"
 #include "core/disk.hpp"
@@ -60,6 +61,7 @@ private:
     QcowDisk() = default;
     void load(bool check_state);
     void load_record();
+    void load_record_from_luks_area(const HeaderExtension& pointer);
     // Guest numbering for a legacy qcow AES image and for one that vmcrypt is decrypting from it.
     SectorNumbering sector_numbering() const;
     // Walks the tables into map_ and counts every reference to each host cluster (read-write opens).
@@ -69,6 +71,14 @@ private:
     void decompress_clusters();
     CryptoHeaderPointer write_luks_area(const std::vector<std::uint8_t>& area);
     Header header_for(const std::optional<RecordFields>& fields) const;
+    // True when the record `fields` goes into the LUKS area (see luks_record_offset) instead of cluster 0.
+    bool record_in_luks_area(const RecordFields& fields) const;
+    // The header bytes record_update() and apply() write for `fields`, padded to whole sectors.
+    std::vector<std::uint8_t> header_bytes_for(const std::optional<RecordFields>& fields) const;
+    MetadataWrite record_update_in_luks_area(const RecordFields& fields) const;
+    void apply_record_in_luks_area(const MetadataWrite& update);
+    // Writes and syncs the header sectors of cluster 0, releasing an area the new header stops naming.
+    void write_header(const std::vector<std::uint8_t>& bytes);
 
     std::filesystem::path path_;
     std::string name_;

@@ -9,7 +9,9 @@
 // A decrypt of a legacy qcow AES image (crypt_method 1) goes through the in-progress state without a
 // crypto extension, its record naming cipher aes-cbc-plain64.
 // Each state change is one header write that the rewrite engine journals first, so a crash in the
-// middle of it is redone on resume.
+// middle of it is redone on resume. With 512-byte clusters the record is in the LUKS area instead, and
+// a state change is the journaled record write, which apply() turns into the header write and then
+// the record write.
 
 #include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
@@ -48,6 +50,7 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
     next.autoclear_features &= autoclear_bitmaps | autoclear_raw_data;
     erase_extension(next, ext_vmcrypt);
     erase_extension(next, ext_vmcrypt_next_luks);
+    erase_extension(next, ext_vmcrypt_record_pointer);
     if (!fields) {
         next.crypt_method = static_cast<std::uint32_t>(CryptMethod::none);
         erase_extension(next, ext_crypto);
@@ -88,14 +91,28 @@ Header QcowDisk::header_for(const std::optional<RecordFields>& fields) const
         }
     }
     HeaderExtension record;
-    record.type = ext_vmcrypt;
-    std::string text = fields_to_text(*fields);
-    record.data.assign(text.begin(), text.end());
+    if (record_in_luks_area(*fields)) {
+        record.type = ext_vmcrypt_record_pointer;
+        record.data.resize(16);
+        store_be64(record.data, 0, next.crypto_header().value_or(CryptoHeaderPointer{}).offset + luks_record_offset);
+        store_be64(record.data, 8, luks_record_capacity);
+    } else {
+        record.type = ext_vmcrypt;
+        std::string text = fields_to_text(*fields);
+        record.data.assign(text.begin(), text.end());
+    }
     next.extensions.push_back(std::move(record));
     return next;
 }
 
-MetadataWrite QcowDisk::record_update(const std::optional<RecordFields>& fields) const
+bool QcowDisk::record_in_luks_area(const RecordFields& fields) const
+{
+    // With 512-byte clusters the header, the crypto extension and a record of even one key slot
+    // (435 bytes with a key store slot) exceed cluster 0. A legacy AES decrypt has no LUKS area and stays in cluster 0.
+    return header_.cluster_bits == min_cluster_bits && field_value(fields, "cipher") != legacy_record_cipher;
+}
+
+std::vector<std::uint8_t> QcowDisk::header_bytes_for(const std::optional<RecordFields>& fields) const
 {
     std::vector<std::uint8_t> bytes;
     try {
@@ -109,11 +126,48 @@ MetadataWrite QcowDisk::record_update(const std::optional<RecordFields>& fields)
     std::uint64_t length = std::max<std::uint64_t>(bytes.size(), header_.header_area_end);
     length = std::min<std::uint64_t>((length + 511) / 512 * 512, header_.cluster_size());
     bytes.resize(length, 0);
+    return bytes;
+}
 
+MetadataWrite QcowDisk::record_update(const std::optional<RecordFields>& fields) const
+{
+    if (fields && record_in_luks_area(*fields))
+        return record_update_in_luks_area(*fields);
     MetadataWrite write;
     write.file_index = 0;
     write.offset = 0;
-    write.bytes = std::move(bytes);
+    write.bytes = header_bytes_for(fields);
+    return write;
+}
+
+MetadataWrite QcowDisk::record_update_in_luks_area(const RecordFields& fields) const
+{
+    header_bytes_for(fields);  // rejects a header that does not fit in cluster 0
+    const std::string text = fields_to_text(fields);
+    if (text.size() > luks_record_capacity)
+        throw InvalidInput(name_ + ": the vmcrypt record is " + std::to_string(text.size()) + " bytes but the LUKS area "
+                           "of an image with 512-byte clusters keeps at most " + std::to_string(luks_record_capacity) +
+                           "; use fewer key slots, or convert to larger clusters: qemu-img convert -O qcow2 -o "
+                           "cluster_size=65536 " + name_ + " new.qcow2");
+
+    // An area that is on disk already (QEMU's, or the one of an encrypted image) must leave the record
+    // sectors free; vmcrypt's own areas always do.
+    const CryptoHeaderPointer area = header_for(fields).crypto_header().value_or(CryptoHeaderPointer{});
+    const bool written = header_.crypto_header() && header_.crypto_header()->offset == area.offset;
+    if (written) {
+        std::vector<std::uint8_t> phdr(luks_record_offset + luks_record_capacity);
+        if (!file_->read_exact(area.offset, phdr) || !luks_area_has_record_room(phdr))
+            throw UnsupportedInput(name_ + ": the LUKS header at " + hex(area.offset) + " leaves no room for the vmcrypt "
+                                   "record in sectors 2 to 7 (a key slot starts there), and cluster 0 of an image with "
+                                   "512-byte clusters has none either; convert to larger clusters: qemu-img convert "
+                                   "-O qcow2 -o cluster_size=65536 " + name_ + " new.qcow2");
+    }
+
+    MetadataWrite write;
+    write.file_index = 0;
+    write.offset = area.offset + luks_record_offset;
+    write.bytes.assign(text.begin(), text.end());
+    write.bytes.resize(luks_record_capacity, 0);
     return write;
 }
 
@@ -122,14 +176,65 @@ void QcowDisk::apply(const MetadataWrite& update)
     File& file = *file_;
     if (file.access() != Access::read_write)
         throw Error(ExitCode::failure, name_ + ": apply: the image is open read-only, so its header cannot be written");
+    if (update.file_index == 0 && update.offset != 0 && !update.truncate_to &&
+        update.bytes.size() == luks_record_capacity) {
+        apply_record_in_luks_area(update);
+        return;
+    }
     if (update.file_index != 0 || update.offset != 0 || update.truncate_to || update.bytes.size() > header_.cluster_size())
         throw Error(ExitCode::failure, name_ + ": apply: the metadata write does not cover the header in cluster 0 "
                                                "(file " + std::to_string(update.file_index) + ", offset " +
                                                std::to_string(update.offset) + ", " +
                                                std::to_string(update.bytes.size()) + " bytes)");
+    write_header(update.bytes);
+    prepared_area_.reset();
+    load(false);
+}
 
+void QcowDisk::apply_record_in_luks_area(const MetadataWrite& update)
+{
+    File& file = *file_;
+    // The area the record belongs to: the one the header names, the next one of a deep rekey, the one
+    // this encrypt prepared, or, when a resumed encrypt replays its start write, a vmcrypt area that
+    // prepare_encrypt wrote and no header names yet.
+    const CryptoHeaderPointer area{update.offset - std::min(update.offset, luks_record_offset), luks_area_size()};
+    auto names_area = [&](const std::optional<CryptoHeaderPointer>& known) {
+        return known && known->offset == area.offset;
+    };
+    if (!names_area(header_.crypto_header()) && !names_area(next_area_) && !names_area(prepared_area_)) {
+        std::vector<std::uint8_t> phdr(luks_record_offset + luks_record_capacity);
+        const bool allocated = refcounts_ && area.offset != 0 && area.offset % header_.cluster_size() == 0 &&
+                               refcounts_->get(area.offset >> header_.cluster_bits) > 0;
+        if (!allocated || !file.read_exact(area.offset, phdr) || !luks_area_has_record_room(phdr))
+            throw Error(ExitCode::failure, name_ + ": apply: the record write at " + hex(update.offset) +
+                                                   " is not inside a LUKS area of the image");
+        prepared_area_ = area;
+    }
+
+    const auto text_end = std::find(update.bytes.begin(), update.bytes.end(), std::uint8_t{0});
+    const RecordFields fields = fields_from_text(std::string(update.bytes.begin(), text_end));
+    if (!record_in_luks_area(fields))
+        throw Error(ExitCode::failure, name_ + ": apply: a record write into the LUKS area of an image whose record "
+                                               "belongs in cluster 0");
+    const std::vector<std::uint8_t> header = header_bytes_for(fields);
+
+    // The header first, then the record. A crash in between leaves a header that names record sectors
+    // with the previous record (or none, which fails to parse so the journal replays this write), and
+    // the record sectors only ever match this write once the header is on disk. So a resume that finds
+    // the record written knows the header is written too.
+    write_header(header);
+    fault_point("qcow2-record-header-written");
+    file.write_exact(update.offset, update.bytes);
+    file.sync_data();
+    prepared_area_.reset();
+    load(false);
+}
+
+void QcowDisk::write_header(const std::vector<std::uint8_t>& bytes)
+{
+    File& file = *file_;
     // Reject a header that would not parse before touching the file.
-    Header next = parse_header(update.bytes, file.size(), name_);
+    Header next = parse_header(bytes, file.size(), name_);
 
     std::optional<CryptoHeaderPointer> area = header_.crypto_header();
     std::optional<CryptoHeaderPointer> next_area = next.crypto_header();
@@ -152,10 +257,8 @@ void QcowDisk::apply(const MetadataWrite& update)
         // exist as bytes. Extending the file adds a hole and changes nothing QEMU reads.
         file.truncate(map_.data_end);
     }
-    file.write_exact(0, update.bytes);
+    file.write_exact(0, bytes);
     file.sync_data();
-    prepared_area_.reset();
-    load(false);
 }
 
 std::string QcowDisk::foreign_cipher() const

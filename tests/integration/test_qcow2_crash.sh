@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Crash safety of qcow2 encrypt and decrypt: vmcrypt is killed with SIGKILL at named fault points
 # (VMCRYPT_FAULT=point:count:kill) during leak repair, decompression, refcount growth, the LUKS area
-# allocation and every step of the rewrite engine. After each kill the image must be free of errors
-# for qemu-img check (leaks are allowed until the run is resumed), and re-running the command must
-# finish it: QEMU then reads the original guest data and check finds no leaks either.
+# allocation and every step of the rewrite engine, also with 512-byte clusters. After each kill the
+# image must be free of errors for qemu-img check (leaks are allowed until the run is resumed), and
+# re-running the command must finish it: QEMU then reads the original guest data and check finds no
+# leaks either.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib_qcow2.sh"
@@ -134,6 +135,40 @@ for point in "${decrypt_points[@]}"; do
     expect_structure_clean "$image" no-leaks "decrypt resumed after a kill at $point"
     qemu-img compare -f qcow2 -F raw "$image" "$raw" >"$TEST_TMP/compare.out" 2>&1 ||
         fail "decrypt resumed after a kill at $point: the image differs from the original: $(cat "$TEST_TMP/compare.out")"
+done
+
+# 512-byte clusters: the record is in the LUKS area, so each record write is a header write and then a
+# record write. After a kill between the two (qcow2-record-header-written) the header may name record
+# sectors that are still empty until the resume replays the journaled record, so vmcrypt (and with it
+# the secret for the check) cannot open the image meanwhile.
+qemu-img convert -f raw -O qcow2 -o cluster_size=512 "$raw" "$dir/base-512.qcow2"
+encrypt_512_points=(start-metadata-written:1 qcow2-record-header-written:1 window-journaled:2 finalize-journaled:1
+    qcow2-record-header-written:2 final-metadata-written:1)
+for point in "${encrypt_512_points[@]}"; do
+    image="$dir/encrypt-512.qcow2"
+    cp "$dir/base-512.qcow2" "$image"
+    kill_at encrypt "$image" "$point"
+    if [[ $point != qcow2-record-header-written:1 ]]; then
+        expect_structure_clean "$image" leaks-allowed "512-byte clusters: encrypt killed at $point"
+    fi
+    expect_exit 0 "$VMCRYPT" encrypt "$image"
+    expect_structure_clean "$image" no-leaks "512-byte clusters: encrypt resumed after a kill at $point"
+    expect_encrypted_identical "$image" "512-byte clusters: encrypt resumed after a kill at $point"
+done
+cp "$image" "$dir/encrypted-512.qcow2"
+decrypt_512_points=(qcow2-record-header-written:1 start-metadata-written:1 window-synced:2 qcow2-luks-area-released:1
+    final-metadata-written:1)
+for point in "${decrypt_512_points[@]}"; do
+    image="$dir/decrypt-512.qcow2"
+    cp "$dir/encrypted-512.qcow2" "$image"
+    kill_at decrypt "$image" "$point"
+    if [[ $point != qcow2-luks-area-released:1 ]]; then
+        expect_structure_clean "$image" leaks-allowed "512-byte clusters: decrypt killed at $point"
+    fi
+    expect_exit 0 "$VMCRYPT" decrypt "$image"
+    expect_structure_clean "$image" no-leaks "512-byte clusters: decrypt resumed after a kill at $point"
+    qemu-img compare -f qcow2 -F raw "$image" "$raw" >"$TEST_TMP/compare.out" 2>&1 ||
+        fail "512-byte clusters: decrypt resumed after a kill at $point: the image differs: $(cat "$TEST_TMP/compare.out")"
 done
 
 ((KILLS >= 20)) || fail "expected at least 20 kills, got $KILLS"

@@ -55,3 +55,22 @@ expect_exit 0 "$VMCRYPT" encrypt "$image"
 expect_exit 0 "$VMCRYPT" decrypt "$image"
 qemu-img compare -f qcow2 -F raw "$image" "$dir/plain.raw" >"$TEST_TMP/compare.out" 2>&1 ||
     fail "the image differs after a vmcrypt encrypt and decrypt: $(cat "$TEST_TMP/compare.out")"
+
+# A QEMU LUKS image with 512-byte clusters: the record of the decrypt goes into sectors 2 to 7 of
+# QEMU's LUKS area, which QEMU leaves free; a kill and resume still give the same guest data.
+image="$dir/disk-512.qcow2"
+secret_opts="driver=qcow2,file.filename=$image,encrypt.key-secret=sec0"
+qemu_img_retrying create -q -f qcow2 --object "$QEMU_SECRET_OBJECT" \
+    -o cluster_size=512,encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100 "$image" 16M
+qemu-io --object "$QEMU_SECRET_OBJECT" --image-opts "$secret_opts" -c 'write -P 0x5a 0 3M' \
+    -c 'write -P 0x3c 16776704 512' >/dev/null
+qemu-img convert --object "$QEMU_SECRET_OBJECT" --image-opts "$secret_opts" -O raw "$dir/plain-512.raw"
+code=0
+{ VMCRYPT_FAULT=window-synced:1:kill "$VMCRYPT" decrypt --window-size 1 --passphrase-file "$TEST_TMP/passphrase" \
+    "$image" >/dev/null 2>&1; } 2>/dev/null || code=$?
+[[ $code == 137 ]] || fail "expected the decrypt of the 512-byte-cluster image to be killed, got exit code $code"
+expect_exit 0 "$VMCRYPT" decrypt --passphrase-file "$TEST_TMP/passphrase" "$image"
+qemu-img compare -f qcow2 -F raw "$image" "$dir/plain-512.raw" >"$TEST_TMP/compare.out" 2>&1 ||
+    fail "the decrypted 512-byte-cluster image differs: $(cat "$TEST_TMP/compare.out")"
+qemu-img check "$image" >"$TEST_TMP/check.out" 2>&1 ||
+    fail "qemu-img check of the decrypted 512-byte-cluster image failed: $(cat "$TEST_TMP/check.out")"

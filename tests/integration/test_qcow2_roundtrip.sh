@@ -85,12 +85,60 @@ roundtrip compressed-zstd -c -o compression_type=zstd
 roundtrip extended-l2 -o extended_l2=on
 roundtrip lazy-refcounts -o lazy_refcounts=on,refcount_bits=1
 
-# NOTE: 512-byte clusters leave too little of cluster 0 for the vmcrypt record next to the header,
-# so encrypt rejects them with a conversion hint instead.
-dir="$TEST_TMP/cluster-512"
+roundtrip cluster-512 -o cluster_size=512
+
+# With 512-byte clusters the record is in sectors 2 to 7 of the LUKS area, which the header extension
+# 0x766d7270 names. QEMU adding a LUKS key slot does not touch it, a record that grows with a new key
+# slot is rewritten there, and a deep rekey moves it into its new LUKS area.
+dir="$TEST_TMP/cluster-512-record"
 mkdir "$dir"
-make_qcow2_ext4 "$dir/disk.qcow2" "$dir/plain.raw" -o cluster_size=512
-hash_disk_files "$dir" >"$TEST_TMP/hashes"
-expect_exit 3 "$VMCRYPT" encrypt "$dir/disk.qcow2"
-expect_stderr_contains "cluster_size=65536"
-expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "encrypt of a 512-byte-cluster image"
+image="$dir/disk.qcow2"
+make_qcow2_ext4 "$image" "$dir/plain.raw" -o cluster_size=512
+head -c 32 /dev/urandom >"$TEST_TMP/extra.key"
+expect_exit 0 "$VMCRYPT" encrypt "$image"
+expect_exit 0 "$VMCRYPT" inspect --json "$image"
+echo "$LAST_STDOUT" >"$TEST_TMP/inspect.json"
+[[ $(json_path "$TEST_TMP/inspect.json" qcow2.extensions) == *0x766d7270* ]] ||
+    fail "cluster-512: expected the record pointer extension 0x766d7270 in the header"
+[[ $(json_path "$TEST_TMP/inspect.json" qcow2.extensions) != *'"0x766d6372"'* ]] ||
+    fail "cluster-512: the record itself must not be in cluster 0"
+area_offset=$(json_path "$TEST_TMP/inspect.json" qcow2.luksArea.offset)
+dd if="$image" bs=512 skip=$((area_offset / 512 + 2)) count=6 status=none | grep -qa "^state=encrypted" ||
+    fail "cluster-512: the record is not in sectors 2 to 7 of the LUKS area"
+
+secret=$("$VMCRYPT" qemu-secret "$image")
+qemu_img_retrying amend --object "$secret" --object secret,id=sec1,data=OTHER \
+    --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" \
+    -o encrypt.keyslot=1,encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=10
+qemu-img compare --object secret,id=sec1,data=OTHER \
+    --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec1" "driver=raw,file.filename=$dir/plain.raw" \
+    >"$TEST_TMP/compare.out" 2>&1 ||
+    fail "cluster-512: QEMU does not read the image with the key slot it added: $(cat "$TEST_TMP/compare.out")"
+
+# A deep rekey builds a new LUKS area, and its final record write moves the record there.
+expect_exit 0 "$VMCRYPT" rekey --deep "$image"
+secret=$("$VMCRYPT" qemu-secret "$image")
+qemu-img compare --object "$secret" --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" \
+    "driver=raw,file.filename=$dir/plain.raw" >"$TEST_TMP/compare.out" 2>&1 ||
+    fail "cluster-512: QEMU does not read the image after a deep rekey: $(cat "$TEST_TMP/compare.out")"
+qemu-img check --object "$secret" --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" \
+    >"$TEST_TMP/check.out" 2>&1 || fail "cluster-512: qemu-img check after a deep rekey: $(cat "$TEST_TMP/check.out")"
+expect_exit 0 "$VMCRYPT" inspect --json "$image"
+echo "$LAST_STDOUT" >"$TEST_TMP/inspect.json"
+new_area_offset=$(json_path "$TEST_TMP/inspect.json" qcow2.luksArea.offset)
+[[ $new_area_offset != "$area_offset" ]] || fail "cluster-512: the deep rekey kept the old LUKS area"
+dd if="$image" bs=512 skip=$((new_area_offset / 512 + 2)) count=6 status=none | grep -qa "^state=encrypted" ||
+    fail "cluster-512: the record is not in sectors 2 to 7 of the new LUKS area after a deep rekey"
+
+expect_exit 0 "$VMCRYPT" keys add --new-key-file "$TEST_TMP/extra.key" "$image"
+expect_exit 0 "$VMCRYPT" keys list "$image"
+[[ $(grep -c '^slot ' <<<"$LAST_STDOUT") == 2 ]] ||
+    fail "cluster-512: expected two vmcrypt key slots after QEMU's amend and keys add, got: $LAST_STDOUT"
+qemu-img check --object "$secret" --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" \
+    >"$TEST_TMP/check.out" 2>&1 || fail "cluster-512: qemu-img check after keys add: $(cat "$TEST_TMP/check.out")"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/extra.key" "$image"
+qemu-img compare -f qcow2 -F raw "$image" "$dir/plain.raw" >"$TEST_TMP/compare.out" 2>&1 ||
+    fail "cluster-512: the decrypted image differs from the original: $(cat "$TEST_TMP/compare.out")"
+qemu-img check "$image" >"$TEST_TMP/check.out" 2>&1 ||
+    fail "cluster-512: qemu-img check of the decrypted image failed: $(cat "$TEST_TMP/check.out")"
+[[ $(qemu-img info --output=json "$image") != *encrypt* ]] || fail "cluster-512: the decrypted image is still encrypted"

@@ -311,6 +311,35 @@ std::vector<MalformedImage> malformed_images()
              return path;
          },
          Expected::invalid, "which other metadata or data already uses"},
+        {"record pointer without crypto extension",
+         [](const TempFolder& f) {
+             auto path = make_image(f, "cluster_size=512");
+             const std::uint64_t at = first_extension(path);
+             patch_be(path, at, 0x766d7270, 4);  // vmcrypt record pointer
+             patch_be(path, at + 4, 16, 4);
+             patch_be(path, at + 8, 0x600, 8);
+             patch_be(path, at + 16, 3072, 8);
+             patch_be(path, at + 24, 0, 8);  // end marker
+             return path;
+         },
+         Expected::invalid, "crypto header extension it points into is missing"},
+        {"record pointer outside the LUKS area",
+         [](const TempFolder& f) {
+             auto path = make_image(f, "cluster_size=512");
+             const std::uint64_t at = first_extension(path);
+             patch_be(path, 32, 2, 4);  // crypt_method LUKS
+             patch_be(path, at, 0x0537be77, 4);
+             patch_be(path, at + 4, 16, 4);
+             patch_be(path, at + 8, 0x400, 8);
+             patch_be(path, at + 16, 512, 8);
+             patch_be(path, at + 24, 0x766d7270, 4);
+             patch_be(path, at + 28, 16, 4);
+             patch_be(path, at + 32, 0x200, 8);
+             patch_be(path, at + 40, 3072, 8);
+             patch_be(path, at + 48, 0, 8);
+             return path;
+         },
+         Expected::invalid, "is not sectors 2 to 7 of the LUKS area"},
         {"file shorter than a header",
          [](const TempFolder& f) {
              auto path = f / "short.qcow2";
