@@ -6,6 +6,7 @@
 // lists, the encryption record as key/value fields, and byte-exact metadata writes it can journal.
 
 #include "core/crypto/secure.hpp"
+#include "core/error.hpp"
 #include "core/io/file.hpp"
 
 #include <cstdint>
@@ -131,6 +132,22 @@ public:
     {
         (void)new_dek;
         (void)record;
+    }
+
+    // True when vmcrypt can give the disk's foreign encryption its own key slots (keys add), after
+    // unlock_foreign() opened it with a passphrase: a QEMU LUKS qcow2.
+    virtual bool foreign_adoptable() const { return false; }
+
+    // Prepares foreign encryption that unlock_foreign() opened to `dek` for vmcrypt's record `record`
+    // (state encrypted), which the caller writes next through the key-change journal. The disk checks
+    // that the record fits before it writes anything. The foreign product's own keys keep working, and a
+    // crash at any moment leaves them working. qcow2 adds a LUKS key slot for the secret that vmcrypt
+    // derives from the DEK. The default rejects adoption.
+    virtual void prepare_adopt(const SecureBytes& dek, const RecordFields& record)
+    {
+        (void)dek;
+        (void)record;
+        throw UnsupportedInput(format() + " disk: vmcrypt cannot add key slots to its foreign encryption");
     }
 };
 

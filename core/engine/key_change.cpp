@@ -46,14 +46,19 @@ void check_key_change_belongs(Disk& disk, const SecureBytes& dek, const Encrypti
     const std::string advice = "), so it is an old copy or the descriptor was replaced; nothing was written. Move "
                                "the journal away if the disk is known to be complete";
 
+    // An interrupted adoption of foreign encryption leaves no record, or a torn one, until its write is
+    // done. Its journal record carries the data check, which binds it to this disk's ciphertext.
     std::optional<RecordFields> current = disk.record();
-    if (!current)
+    const bool adopting = !current && disk.foreign_adoptable() && !journal_record.data_check.empty();
+    if (!current && !adopting)
         throw InvalidInput(mismatch + "the disk has no record" + advice);
 
     // The data must still be under this DEK: replaying over a disk whose DEK changed since (a deep rekey
     // after the journal was copied) would lose every key to the data.
     if (!journal_record.data_check.empty() && compute_data_check(disk, dek) != journal_record.data_check)
         throw InvalidInput(mismatch + "the data is no longer under the journal's DEK" + advice);
+    if (adopting)
+        return;
 
     EncryptionRecord record;
     try {

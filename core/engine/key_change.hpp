@@ -10,6 +10,7 @@
 
 #include "core/disk.hpp"
 #include "core/engine/operation.hpp"
+#include "core/engine/rekey.hpp"
 #include "core/record/encryption_record.hpp"
 
 #include <filesystem>
@@ -21,6 +22,15 @@ namespace vmcrypt {
 // journal. The disk is open read-write and locked. A failure before the journal exists changed nothing.
 void commit_key_change(Disk& disk, const SecureBytes& dek, const EncryptionRecord& before,
                        const EncryptionRecord& after);
+
+// Gives a disk with foreign encryption that vmcrypt can adopt (Disk::foreign_adoptable(), a QEMU LUKS
+// qcow2) vmcrypt's key slots without rewriting its data: the foreign data key, unlocked with the
+// passphrase among `unlock`, becomes the DEK, and `seal` gives one slot per source. The record goes
+// through commit_key_change(). Its journal also holds a passphrase slot for the foreign passphrase
+// (never written to the disk), so re-running the command with the same options finishes an
+// interrupted adoption. The disk is open read-write and locked; `report` receives the slots.
+void adopt_foreign_encryption(Disk& disk, KeySources& unlock, KeySources& seal, KeySlotReport& report,
+                              const std::string& where);
 
 // Finishes a key change that a crash interrupted, when the journal next to `metadata_file` records
 // one: unlocks it with `sources`, writes the journaled record (also over a torn descriptor) and deletes

@@ -127,8 +127,19 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
 
     std::unique_ptr<Disk> disk = opener(path, Access::read_write);
     lock_disk(*disk);
-    if (auto foreign = disk->foreign_encryption())
-        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign + "; vmcrypt does not manage its keys");
+    if (auto foreign = disk->foreign_encryption()) {
+        if (!disk->foreign_adoptable())
+            throw WrongDiskState(where + ": the disk is encrypted by " + *foreign + "; vmcrypt does not manage its keys");
+        if (request.change == SlotChange::add) {
+            adopt_foreign_encryption(*disk, unlock, seal, report, where);
+            return report;
+        }
+        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign + " and has no vmcrypt key slots yet; "
+                             "give it one first, keeping its passphrase, with: " +
+                             shell_command({"vmcrypt", "keys", "add", "--passphrase-file", "FILE", "--new-key-file",
+                                            "KEK", where}) +
+                             " (or any other --new-* key option)");
+    }
     std::optional<RecordFields> fields = disk->record();
     if (!fields)
         throw WrongDiskState(where + ": the disk is not encrypted by vmcrypt (no ddb.vmcrypt record), so it has no "

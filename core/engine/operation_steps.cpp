@@ -64,6 +64,12 @@ std::string merge_command(const Disk& disk, const std::string& where, const std:
 void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked)
 {
     auto foreign = disk.foreign_encryption();
+    if (foreign && !foreign_unlocked && disk.foreign_adoptable())
+        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign + "; decrypt it with its passphrase: " +
+                             shell_command({"vmcrypt", "decrypt", "--passphrase-file", "FILE", where}) +
+                             ", or give it vmcrypt key slots without decrypting: " +
+                             shell_command({"vmcrypt", "keys", "add", "--passphrase-file", "FILE", "--new-key-file",
+                                            "KEK", where}));
     if (foreign && !foreign_unlocked)
         throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
                              "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");

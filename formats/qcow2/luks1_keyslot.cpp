@@ -174,6 +174,13 @@ std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::sp
     return area;
 }
 
+std::size_t luks_key_slot_active_offset(std::size_t index)
+{
+    if (index >= luks_key_slot_count)
+        throw std::invalid_argument("LUKS: key slot index " + std::to_string(index) + " is out of range");
+    return key_slots_offset + index * key_slot_size + slot_active_offset;
+}
+
 std::size_t add_luks_key_slot(std::span<std::uint8_t> area, const LuksHeader& header, const SecureBytes& master_key,
                               std::span<const std::uint8_t> secret, std::uint32_t iterations, const std::string& where)
 {

@@ -50,6 +50,8 @@ public:
     void prepare_rekey(const SecureBytes& new_dek, const RecordFields& record) override;
     std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
     std::string foreign_cipher() const override;
+    bool foreign_adoptable() const override;
+    void prepare_adopt(const SecureBytes& dek, const RecordFields& record) override;
 
     const Header& header() const { return header_; }
     const ClusterMap& cluster_map() const { return map_; }

@@ -285,7 +285,7 @@ std::optional<SecureBytes> QcowDisk::unlock_foreign(const SecureBytes* passphras
     LuksHeader luks = parse_luks_header(area, where);
     if (!passphrase)
         throw KeyUnavailable(name_ + ": the image is encrypted by QEMU with LUKS; give its passphrase with "
-                                     "--passphrase-file, --passphrase-fd or --passphrase to decrypt it");
+                                     "--passphrase-file, --passphrase-fd or --passphrase");
     return unlock_luks(luks, area, *passphrase, where);
 }
 
