@@ -111,7 +111,7 @@ std::vector<std::uint8_t> build_luks_area(const SecureBytes& master_key, std::sp
 // fewer than luks_min_iterations iterations.
 // Byte offset in the area of the "active" field of key slot `index` (below luks_key_slot_count). A slot
 // enabled by add_luks_key_slot() reaches the disk crash-safely when every other changed sector is written
-// and synced before the sector that holds this field: until then the slot stays disabled.
+// and synced before the sector that contains this field: until then the slot stays disabled.
 std::size_t luks_key_slot_active_offset(std::size_t index);
 
 std::size_t add_luks_key_slot(std::span<std::uint8_t> area, const LuksHeader& header, const SecureBytes& master_key,

@@ -16,8 +16,8 @@ namespace vmcrypt::qcow2 {
 namespace {
 
 // True when an enabled key slot with vmcrypt's iteration count opens with `secret`: a slot that an
-// earlier, interrupted adoption added. Slots with other counts are not tried, because a passphrase slot
-// made by QEMU costs seconds of PBKDF2 and cannot hold vmcrypt's secret.
+// earlier, interrupted adoption added. vmcrypt writes its slot with luks_min_iterations, so slots with
+// other counts are not tried: a passphrase slot made by QEMU costs seconds of PBKDF2.
 bool has_vmcrypt_slot(const LuksHeader& luks, std::span<const std::uint8_t> area, const SecureBytes& secret,
                       const std::string& where)
 {

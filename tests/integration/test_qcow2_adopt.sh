@@ -3,8 +3,9 @@
 # passphrase gives it vmcrypt key slots without rewriting its data. The LUKS master key becomes the DEK.
 # QEMU then still opens the image with the original passphrase, and also with the secret that
 # `vmcrypt qemu-secret` prints. Decrypt with the vmcrypt key alone returns the original guest data.
-# Before that: the refusals (no or a wrong passphrase, commands other than keys add), and SIGKILL at
-# each fault point of the adoption, after which QEMU still opens the image and the same command finishes.
+# Before that: the refusals (no or a wrong passphrase, commands other than keys add), SIGKILL at each
+# fault point of the adoption and every torn version of its header write. After each crash the same
+# command finishes the adoption, and until then QEMU still opens the image with the passphrase.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib_qcow2.sh"
@@ -100,6 +101,28 @@ for point in qcow2-luks-slot-written:1 qcow2-luks-slot-enabled:1 before-journal-
     expect_qemu_reads_with "$QEMU_SECRET_OBJECT" "adoption resumed after a kill at $point, with the passphrase"
 done
 
+# Every torn version of the journaled header write (its first N sectors written, the rest old): the
+# same command finishes the adoption.
+cp "$TEST_TMP/original.qcow2" "$image"
+code=0
+{ VMCRYPT_FAULT="journal-created:1:kill" "$VMCRYPT" "${ADOPT[@]}" "$image" >/dev/null 2>&1; } 2>/dev/null || code=$?
+[[ $code == 137 ]] || fail "keys add at journal-created: expected a kill (exit 137), got $code"
+cp "$image" "$TEST_TMP/killed.qcow2"
+cp "$image.vmcrypt-journal" "$TEST_TMP/killed.journal"
+sectors=$(pending_write "$TEST_TMP/killed.journal")
+((sectors >= 2)) || fail "test setup: the journaled header write has $sectors sectors, so no write can be torn"
+for torn in $(seq 1 "$sectors"); do
+    cp "$TEST_TMP/killed.qcow2" "$image"
+    cp "$TEST_TMP/killed.journal" "$image.vmcrypt-journal"
+    pending_write "$TEST_TMP/killed.journal" "$image" "$torn"
+    expect_exit 0 "$VMCRYPT" "${ADOPT[@]}" "$image"
+    [[ ! -e $image.vmcrypt-journal ]] || fail "adoption torn after $torn of $sectors sectors: the journal remained"
+    expect_data_untouched "adoption torn after $torn of $sectors sectors"
+    expect_exit 0 "$VMCRYPT" qemu-secret --key-file "$TEST_TMP/kek.bin" "$image"
+    expect_qemu_reads_with "$LAST_STDOUT" "adoption torn after $torn of $sectors sectors, with vmcrypt's secret"
+done
+rm -f "$TEST_TMP/killed.qcow2" "$TEST_TMP/killed.journal"
+
 # An adoption without a kill.
 cp "$TEST_TMP/original.qcow2" "$image"
 expect_exit 0 "$VMCRYPT" "${ADOPT[@]}" "$image"
@@ -141,4 +164,4 @@ qemu-img check "$image" >"$TEST_TMP/check.out" 2>&1 ||
 qemu-img convert -f qcow2 -O raw "$image" "$TEST_TMP/decrypted.raw"
 e2fsck -fn "$TEST_TMP/decrypted.raw" >"$TEST_TMP/e2fsck.out" 2>&1 ||
     fail "e2fsck -fn of the decrypted file system failed: $(cat "$TEST_TMP/e2fsck.out")"
-echo "$TEST_NAME: adopted (also after 5 kills), opened by QEMU with both secrets, decrypted with the vmcrypt key"
+echo "$TEST_NAME: adopted (also after 5 kills and torn header writes), opened by QEMU with both secrets, decrypted with the vmcrypt key"

@@ -182,6 +182,23 @@ TEST_F(LuksHeaderTest, AddKeySlotKeepsOldSlot)
     EXPECT_TRUE(std::equal(area.begin() + 512 * (8 + 2 * 504), area.end(), area_->begin() + 512 * (8 + 2 * 504)));
 }
 
+TEST_F(LuksHeaderTest, ActiveFieldOffsetMarksEnabledSlot)
+{
+    auto area = *area_;
+    const LuksHeader before = parse_luks_header(area, "test.qcow2");
+    const std::size_t index = add_luks_key_slot(area, before, *master_key_, bytes_of("second"), 1000, "test.qcow2");
+    const std::size_t active = luks_key_slot_active_offset(index);
+    EXPECT_EQ(active, slot_base(index));
+
+    // Only the active field turned on: with the old four bytes put back the slot parses as disabled.
+    std::copy(area_->begin() + active, area_->begin() + active + 4, area.begin() + active);
+    EXPECT_FALSE(parse_luks_header(area, "test.qcow2").slots[index].active);
+    // Slot 6's entry straddles the first two sectors; its active field is in the first.
+    EXPECT_EQ(luks_key_slot_active_offset(6) / 512, 0u);
+    EXPECT_EQ((luks_key_slot_active_offset(6) + 47) / 512, 1u);
+    EXPECT_THROW(luks_key_slot_active_offset(luks_key_slot_count), std::invalid_argument);
+}
+
 TEST_F(LuksHeaderTest, AddKeySlotChecksMasterKey)
 {
     auto area = *area_;
