@@ -2,7 +2,8 @@
 # Adoption of a qcow2 that QEMU encrypted with LUKS and a passphrase: `vmcrypt keys add` with that
 # passphrase gives it vmcrypt key slots without rewriting its data. The LUKS master key becomes the DEK.
 # QEMU then still opens the image with the original passphrase, and also with the secret that
-# `vmcrypt qemu-secret` prints. Decrypt with the vmcrypt key alone returns the original guest data.
+# `vmcrypt qemu-secret` prints. After a deep rekey only the new secret opens it. Decrypt with the
+# vmcrypt key alone returns the original guest data.
 # Before that: the refusals (no or a wrong passphrase, commands other than keys add), SIGKILL at each
 # fault point of the adoption and every torn version of its header write. After each crash the same
 # command finishes the adoption, and until then QEMU still opens the image with the passphrase.
@@ -156,6 +157,17 @@ expect_exit 0 "$VMCRYPT" keys add --key-file "$TEST_TMP/kek.bin" --new-passphras
     --new-pbkdf-memory 8192 --new-pbkdf-iterations 1 "$image"
 expect_exit 0 "$VMCRYPT" keys list "$image"
 [[ $(grep -c '^slot' <<<"$LAST_STDOUT") == 2 ]] || fail "expected two vmcrypt slots, got: $LAST_STDOUT"
+# A deep rekey replaces the LUKS header, as documented: afterwards only vmcrypt's new secret opens the
+# image in QEMU, not the LUKS passphrase of the adopted image.
+expect_exit 0 "$VMCRYPT" rekey --deep --key-file "$TEST_TMP/kek.bin" --passphrase-file "$TEST_TMP/recovery" "$image"
+expect_exit 0 "$VMCRYPT" qemu-secret --key-file "$TEST_TMP/kek.bin" "$image"
+expect_qemu_reads_with "$LAST_STDOUT" "after a deep rekey of the adopted image, with vmcrypt's new secret"
+code=0
+qemu-img check --object "$QEMU_SECRET_OBJECT" --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" \
+    >"$TEST_TMP/check.out" 2>&1 || code=$?
+[[ $code != 0 ]] && grep -q "Invalid password" "$TEST_TMP/check.out" ||
+    fail "expected QEMU to reject the LUKS passphrase after a deep rekey, got exit $code: $(cat "$TEST_TMP/check.out")"
+
 expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$image"
 qemu-img compare -f qcow2 -F raw "$image" "$raw" >"$TEST_TMP/compare.out" 2>&1 ||
     fail "the decrypted image differs from the original guest data: $(cat "$TEST_TMP/compare.out")"
@@ -165,3 +177,24 @@ qemu-img convert -f qcow2 -O raw "$image" "$TEST_TMP/decrypted.raw"
 e2fsck -fn "$TEST_TMP/decrypted.raw" >"$TEST_TMP/e2fsck.out" 2>&1 ||
     fail "e2fsck -fn of the decrypted file system failed: $(cat "$TEST_TMP/e2fsck.out")"
 echo "$TEST_NAME: adopted (also after 5 kills and torn header writes), opened by QEMU with both secrets, decrypted with the vmcrypt key"
+
+# With 512-byte clusters the vmcrypt record lives in the LUKS area next to the new key slot.
+small="$TEST_TMP/small/disk.qcow2"
+mkdir "$TEST_TMP/small"
+qemu_img_retrying create -q -f qcow2 --object "$QEMU_SECRET_OBJECT" \
+    -o cluster_size=512,encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100 "$small" 16M
+small_opts="driver=qcow2,file.filename=$small,encrypt.key-secret=sec0"
+qemu-io --object "$QEMU_SECRET_OBJECT" --image-opts "$small_opts" -c 'write -P 0x3c 1M 3M' >/dev/null
+qemu-img convert --object "$QEMU_SECRET_OBJECT" --image-opts "$small_opts" -O raw "$TEST_TMP/small.raw"
+expect_exit 0 "$VMCRYPT" "${ADOPT[@]}" "$small"
+expect_exit 0 "$VMCRYPT" qemu-secret --key-file "$TEST_TMP/kek.bin" "$small"
+for secret in "$QEMU_SECRET_OBJECT" "$LAST_STDOUT"; do
+    qemu-img compare --object "$secret" --image-opts "$small_opts" "driver=raw,file.filename=$TEST_TMP/small.raw" \
+        >"$TEST_TMP/compare.out" 2>&1 || fail "512-byte clusters: QEMU reads other data after the adoption: $(cat "$TEST_TMP/compare.out")"
+done
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$small"
+qemu-img compare -f qcow2 -F raw "$small" "$TEST_TMP/small.raw" >"$TEST_TMP/compare.out" 2>&1 ||
+    fail "512-byte clusters: the decrypted image differs: $(cat "$TEST_TMP/compare.out")"
+qemu-img check "$small" >"$TEST_TMP/check.out" 2>&1 ||
+    fail "512-byte clusters: qemu-img check of the decrypted image failed: $(cat "$TEST_TMP/check.out")"
+echo "$TEST_NAME: 512-byte clusters: adopted and decrypted"
