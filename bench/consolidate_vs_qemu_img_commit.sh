@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Merge speed of `vmcrypt consolidate-snapshots` against `qemu-img commit`, measured in one run on
-# copies of the same chain in DIR: a base disk with 64 MiB of data and one hosted sparse delta holding
-# SIZE_GIB of random data, once over a monolithicSparse base and once over a monolithicFlat base.
-# Both tools make the base durable: vmcrypt syncs each batch of data before the grain tables that
-# point to it, and qemu-img commit syncs each grain table update and flushes at the end.
-# `qemu-img commit -d` keeps the delta instead of emptying it, which vmdk cannot do, so its timed
-# command also removes the delta file, as vmcrypt does. vmcrypt picks its strategy itself: stream
+# copies of the same chain in DIR: a base disk with 64 MiB of data and one delta holding SIZE_GIB of
+# random data, over a monolithicSparse base, a monolithicFlat base (hosted sparse VMDK deltas) and a
+# qcow2 base (a qcow2 overlay). Both tools make the base durable: vmcrypt syncs each batch of data
+# before the metadata that points to it, and qemu-img commit fdatasyncs the base's files before it
+# exits (strace shows it for the flat extent and for qcow2), and per grain table update for sparse
+# VMDK. `qemu-img commit -d` keeps the delta instead of emptying it, which vmdk cannot do, so its timed
+# command also removes the delta file and then syncs the folder, as vmcrypt does. vmcrypt picks its strategy itself: stream
 # (copy the 32 MiB of base data the delta does not cover into the delta, then rename it over the base)
 # for the sparse base, commit for the flat one. Prints both times and their ratio (target: vmcrypt
 # >= 2x), and checks that both bases are identical to the top's data.
 #
 # Usage: bench/consolidate_vs_qemu_img_commit.sh [VMCRYPT_BINARY] [SIZE_GIB] [DIR]
+# SUBFORMATS (environment) limits the cases, for example SUBFORMATS=qcow2.
 # DIR defaults to /var/tmp, a disk file system on Debian; give /dev/shm for tmpfs, where syncs cost
 # nothing. Needs: qemu-utils, bc, about 5 x SIZE_GIB free in DIR.
 set -euo pipefail
@@ -38,28 +40,37 @@ seconds_of() {
 
 printf 'data: %d GiB of random bytes in one delta, in %s (%s, %s cores)\n' "$size_gib" "$folder" \
   "$(stat -f -c %T "$work")" "$(nproc)"
-for subformat in monolithicSparse monolithicFlat; do
+for subformat in ${SUBFORMATS:-monolithicSparse monolithicFlat qcow2}; do
   rm -rf chain vmcrypt-copy qemu-copy
   mkdir chain
+  if [[ $subformat == qcow2 ]]; then
+    format=qcow2 base=base.qcow2 top=top.qcow2
+  else
+    format=vmdk base=base.vmdk top=base-000001.vmdk
+  fi
   (
     cd chain
-    qemu-img create -q -f vmdk -o "subformat=$subformat" base.vmdk $((size_gib * 2))G
-    qemu-io -f vmdk -c "write -P 0x11 0 64M" base.vmdk >/dev/null
-    qemu-img create -q -f vmdk -b base.vmdk -F vmdk base-000001.vmdk
-    qemu-io -f vmdk -c "write -q -s ../random.raw 32M $size" base-000001.vmdk
+    if [[ $format == qcow2 ]]; then
+      qemu-img create -q -f qcow2 "$base" $((size_gib * 2))G
+    else
+      qemu-img create -q -f vmdk -o "subformat=$subformat" "$base" $((size_gib * 2))G
+    fi
+    qemu-io -f "$format" -c "write -P 0x11 0 64M" "$base" >/dev/null
+    qemu-img create -q -f "$format" -b "$base" -F "$format" "$top"
+    qemu-io -f "$format" -c "write -q -s ../random.raw 32M $size" "$top"
   )
-  qemu-img convert -f vmdk -O raw chain/base-000001.vmdk expected.raw
+  qemu-img convert -f "$format" -O raw "chain/$top" expected.raw
   cp -a chain vmcrypt-copy
   cp -a chain qemu-copy
   sync
 
-  vmcrypt_seconds=$(seconds_of "$vmcrypt" consolidate-snapshots --quiet vmcrypt-copy/base-000001.vmdk)
-  qemu_seconds=$(seconds_of sh -c 'qemu-img commit -q -d -f vmdk qemu-copy/base-000001.vmdk &&
-    rm qemu-copy/base-000001.vmdk')
+  vmcrypt_seconds=$(seconds_of "$vmcrypt" consolidate-snapshots --quiet "vmcrypt-copy/$top")
+  qemu_seconds=$(seconds_of sh -c "qemu-img commit -q -d -f $format qemu-copy/$top && rm qemu-copy/$top &&
+    sync qemu-copy")
 
-  qemu-img compare -q -f vmdk -F raw vmcrypt-copy/base.vmdk expected.raw ||
+  qemu-img compare -q -f "$format" -F raw "vmcrypt-copy/$base" expected.raw ||
     { echo "vmcrypt's merged base differs from the top's data" >&2; exit 1; }
-  qemu-img compare -q -f vmdk -F raw qemu-copy/base.vmdk expected.raw ||
+  qemu-img compare -q -f "$format" -F raw "qemu-copy/$base" expected.raw ||
     { echo "qemu-img commit's base differs from the top's data" >&2; exit 1; }
   rm -f expected.raw
 

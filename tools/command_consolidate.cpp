@@ -49,7 +49,7 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
                                  {"command", "consolidate-snapshots"},
                                  {"format", "qcow2"},
                                  {"dryRun", report.dry_run},
-                                 {"strategy", "commit"},
+                                 {"strategy", report.strategy},
                                  {"resumed", report.resumed},
                                  {"disk", report.disk},
                                  {"baseFormat", report.base_format},
@@ -75,6 +75,11 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
             std::printf("%s: would merge %zu overlay%s into %s (%s)%s\n", report.top.c_str(), report.merged.size(),
                         report.merged.size() == 1 ? "" : "s", report.disk.c_str(), report.base_format.c_str(),
                         report.resumed ? " (finishing an interrupted merge)" : "");
+        if (report.strategy == "stream")
+            std::printf("  strategy: stream (copy the data below the top into the top, then rename the top to "
+                        "the base's name)\n");
+        else if (!report.merged.empty())
+            std::printf("  strategy: commit (copy the overlays' data into the base)\n");
         if (!report.resumed && !report.merged.empty())
             std::printf("  bytes to copy: %s (%llu bytes), zeroed: %s\n", format_bytes(report.data_bytes).c_str(),
                         static_cast<unsigned long long>(report.data_bytes), format_bytes(report.zero_bytes).c_str());
@@ -89,8 +94,10 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
                     report.deleted_snapshots.size() == 1 ? "" : "s",
                     static_cast<unsigned long long>(report.refcounts_lowered), report.refcounts_lowered == 1 ? "" : "s");
     else
-        std::printf("%s: the disk is now %s (%zu overlay%s merged%s)\n", report.top.c_str(), report.disk.c_str(),
-                    report.merged.size(), report.merged.size() == 1 ? "" : "s", report.resumed ? ", resumed" : "");
+        std::printf("%s: the disk is now %s (%zu overlay%s merged%s%s)\n", report.top.c_str(), report.disk.c_str(),
+                    report.merged.size(), report.merged.size() == 1 ? "" : "s",
+                    report.strategy == "stream" ? " by streaming into the top, renamed to the base's name" : "",
+                    report.resumed ? ", resumed" : "");
     print_list("removed", report.removed_files);
     print_list("internal snapshots deleted", report.deleted_snapshots);
     return 0;

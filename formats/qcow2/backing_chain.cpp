@@ -83,11 +83,12 @@ bool has_qcow2_magic(const std::filesystem::path& path)
     }
 }
 
-std::vector<OverlayLayer> BackingChain::overlays() const
+std::vector<OverlayLayer> BackingChain::views() const
 {
     std::vector<OverlayLayer> result;
-    for (std::size_t i = 1; i < layers.size(); ++i)
-        result.push_back(OverlayLayer{layers[i].file.get(), &layers[i].header, layers[i].name()});
+    for (const ChainLayer& layer : layers)
+        result.push_back(OverlayLayer{layer.file.get(), layer.format == LayerFormat::qcow2 ? &layer.header : nullptr,
+                                      layer.name()});
     return result;
 }
 

@@ -38,8 +38,8 @@ struct BackingChain {
 
     ChainLayer& base() { return layers.front(); }
     ChainLayer& top() { return layers.back(); }
-    // Every layer above the base, as input for compose_chain().
-    std::vector<OverlayLayer> overlays() const;
+    // Every layer as input for compose_chain(), base first. A raw base has no header.
+    std::vector<OverlayLayer> views() const;
     std::vector<std::uint64_t> sizes() const;
 };
 

@@ -5,6 +5,7 @@
 #include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "core/io/locks.hpp"
 #include "core/log.hpp"
 #include "core/text/shell_words.hpp"
 #include "formats/qcow2/backing_chain.hpp"
@@ -12,6 +13,8 @@
 #include "formats/qcow2/merge_intent.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
 #include "formats/qcow2/refcount_repair.hpp"
+
+#include <sys/stat.h>
 
 #include <optional>
 
@@ -71,6 +74,7 @@ std::optional<FoundIntent> find_intent(const std::filesystem::path& disk)
 ConsolidateReport report_of(const MergeIntent& intent)
 {
     ConsolidateReport report;
+    report.strategy = intent.strategy == MergeStrategy::commit ? "commit" : "stream";
     report.disk = intent.base;
     report.base_format = intent.base_format;
     report.top = intent.top;
@@ -99,8 +103,8 @@ void check_base_refcounts(const ChainLayer& base)
                                base.name());
 }
 
-// Deletes the internal snapshots of the qcow2 base (if any) and makes its refcounts exact.
-RefcountRepair clean_up_base(ChainLayer& base)
+// Deletes the internal snapshots of a qcow2 layer (if any) and makes its refcounts exact.
+RefcountRepair clean_up_layer(ChainLayer& base)
 {
     if (base.header.nb_snapshots > 0) {
         drop_snapshot_table(*base.file, base.header);
@@ -128,6 +132,28 @@ void remove_file_durably(const std::string& path)
 // without its backing file), then the intent file.
 void finish_switch(const MergeIntent& intent, const std::filesystem::path& intent_path)
 {
+    std::error_code exists_error;
+    if (intent.strategy == MergeStrategy::stream && std::filesystem::exists(intent.top, exists_error)) {
+        // The top becomes the disk: first it stops naming a backing file, then it gets the base's name.
+        // Until the rename the base is untouched, and after it the top's name is gone, so a re-run sees
+        // from the files which step is left.
+        File top = File::open(intent.top, Access::read_write);
+        lock_exclusive(top);
+        if (!parse_header(read_cluster0(top), top.size(), intent.top).backing_file.empty()) {
+            // backing_file_offset (8 bytes at 8) and backing_file_size (4 bytes at 16) share sector 0,
+            // so one write drops both. The backing format extension stays; QEMU 7.2 ignores it then.
+            const std::uint8_t fields[12] = {};
+            top.write_exact(8, fields);
+            top.sync_data();
+        }
+        fault_point("qcow2-consolidate-backing-dropped");
+        std::filesystem::rename(intent.top, intent.base);
+        sync_directory(std::filesystem::path(intent.base).parent_path());
+        sync_directory(std::filesystem::path(intent.top).parent_path());
+        log_info(intent.top + ": renamed to " + intent.base);
+        fault_point("qcow2-consolidate-top-renamed");
+    }
+
     for (const std::string& file : intent.remove_files) {
         std::error_code error;
         if (std::filesystem::exists(file, error))
@@ -143,33 +169,35 @@ void finish_switch(const MergeIntent& intent, const std::filesystem::path& inten
 void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesystem::path& intent_path,
                      const ConsolidateOptions& options, ConsolidateReport& report)
 {
-    std::vector<OverlayLayer> overlays = chain.overlays();
-    const std::vector<GuestPiece> pieces = compose_chain(overlays, chain.sizes());
+    const std::vector<OverlayLayer> views = chain.views();
+    const bool stream = intent.strategy == MergeStrategy::stream;
+    const std::vector<GuestPiece> pieces = stream ? stream_pieces(views, chain.sizes()) : compose_chain(views, chain.sizes());
     const PieceTotals totals = piece_totals(pieces);
     report.data_bytes = totals.data_bytes;
     report.zero_bytes = totals.zero_bytes;
     const std::uint64_t total = totals.data_bytes + totals.zero_bytes;
+    ChainLayer& target = stream ? chain.top() : chain.base();
 
     MergeProgress progress = [&](std::uint64_t done) {
         if (options.on_progress)
             options.on_progress(done, total);
         if (options.stop_requested && options.stop_requested->load())
-            throw Interrupted(intent.top + ": stopped while merging into " + intent.base +
+            throw Interrupted(intent.top + ": stopped while merging into " + target.name() +
                               "; the chain still reads as before, and re-running the command resumes the merge");
     };
 
-    PieceReader reader(overlays);
-    ChainLayer& base = chain.base();
-    if (base.format == LayerFormat::qcow2) {
-        report.refcounts_lowered += clean_up_base(base).lowered;
-        Refcounts refcounts = Refcounts::load(*base.file, base.header, base.name());
-        merge_into_qcow2(*base.file, base.header, refcounts, base.name(), pieces, reader, progress);
+    PieceReader reader(views);
+    if (target.format == LayerFormat::qcow2) {
+        report.refcounts_lowered += clean_up_layer(target).lowered;
+        Refcounts refcounts = Refcounts::load(*target.file, target.header, target.name());
+        merge_into_qcow2(*target.file, target.header, refcounts, target.name(), pieces, reader, progress);
     } else {
-        merge_into_raw(*base.file, pieces, reader, progress);
+        merge_into_raw(*target.file, pieces, reader, progress);
     }
     fault_point("qcow2-consolidate-copied");
 
-    // COMMIT POINT: the base holds the top's guest view durably and on its own.
+    // COMMIT POINT: the target (the base for commit, the top for stream) holds the top's guest view
+    // durably and on its own.
     intent.phase = MergePhase::switch_files;
     write_merge_intent(intent_path, intent);
     fault_point("qcow2-consolidate-switch-recorded");
@@ -223,8 +251,38 @@ ConsolidateReport clean_up_single_image(BackingChain& chain, const ConsolidateOp
         report.dry_run = true;
         return report;
     }
-    report.refcounts_lowered = clean_up_base(image).lowered;
+    report.refcounts_lowered = clean_up_layer(image).lowered;
     return report;
+}
+
+// Whether the top can take the base's place: the base is a qcow2 image (a raw base would become
+// qcow2), both are files with one link on the same file system (the rename replaces the base), and
+// vmcrypt can make the top's refcounts exact. Otherwise sets `reason`.
+bool can_stream(const BackingChain& chain, std::string& reason)
+{
+    const ChainLayer& base = chain.layers.front();
+    const ChainLayer& top = chain.layers.back();
+    if (base.format != LayerFormat::qcow2) {
+        reason = "the base is a raw file";
+        return false;
+    }
+    struct stat base_stat {};
+    struct stat top_stat {};
+    if (::stat(base.path.c_str(), &base_stat) != 0 || ::stat(top.path.c_str(), &top_stat) != 0) {
+        reason = "the files cannot be examined";
+        return false;
+    }
+    if (base_stat.st_dev != top_stat.st_dev || base_stat.st_nlink != 1 || top_stat.st_nlink != 1) {
+        reason = "the base and the top are on different file systems or have other hard links";
+        return false;
+    }
+    try {
+        check_base_refcounts(top);
+    } catch (const Error& e) {
+        reason = std::string("the top's refcounts cannot be made exact: ") + e.what();
+        return false;
+    }
+    return true;
 }
 
 ConsolidateReport start_or_resume(const std::filesystem::path& disk, const ConsolidateOptions& options)
@@ -276,21 +334,30 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
         intent.overlays.push_back(chain.layers[i].name());
     intent.remove_files.assign(intent.overlays.rbegin(), intent.overlays.rend());
 
+    // Composing the view reads and validates every overlay's tables before the first write.
+    const std::vector<OverlayLayer> views = chain.views();
+    PieceTotals totals = piece_totals(compose_chain(views, chain.sizes()));
+    std::string reason;
+    if (can_stream(chain, reason)) {
+        PieceTotals streamed = piece_totals(stream_pieces(views, chain.sizes()));
+        if (streamed.data_bytes < totals.data_bytes) {
+            intent.strategy = MergeStrategy::stream;
+            intent.remove_files.erase(intent.remove_files.begin());  // the top becomes the disk
+            totals = streamed;
+        }
+    } else {
+        log_debug(top.name() + ": merging into the base, because " + reason);
+    }
     ConsolidateReport report = report_of(intent);
     for (const ChainLayer& layer : chain.layers)
         for (const std::string& name : snapshot_names(layer))
             report.deleted_snapshots.push_back(name);
+    report.data_bytes = totals.data_bytes;
+    report.zero_bytes = totals.zero_bytes;
     if (options.dry_run) {
-        // Composing the view reads and validates every overlay's tables.
-        PieceTotals totals = piece_totals(compose_chain(chain.overlays(), chain.sizes()));
-        report.data_bytes = totals.data_bytes;
-        report.zero_bytes = totals.zero_bytes;
         report.dry_run = true;
         return report;
     }
-    // Every overlay's tables are validated before the first write too.
-    for (const OverlayLayer& overlay : chain.overlays())
-        walk_cluster_tables(*overlay.file, *overlay.header, nullptr, overlay.name);
 
     const std::filesystem::path intent_path = merge_intent_path(base.path);
     write_merge_intent(intent_path, intent);

@@ -3,12 +3,18 @@
 // offline and in place.
 //
 // Chain merge. The chain is validated and the guest view of the top composed (guest_view.hpp) before an
-// intent file "<base>.vmcrypt-consolidate-qcow2" records the plan; its phase decides what a re-run does:
-//   copy   - the base's internal snapshots are deleted, its refcounts made exact, and the overlays' data
-//            written into the base (base_merge.hpp). Only ranges some overlay defines are written, so
-//            the top reads the same throughout, and a re-run repeats the copy with the same result.
-//   switch - COMMIT POINT: the base holds the top's guest view durably. A re-run removes the overlay
-//            files (top first) that are left and then the intent file.
+// intent file "<base>.vmcrypt-consolidate-qcow2" records the plan. The strategy is the one that copies
+// fewer bytes: commit writes the overlays' data into the base; stream writes the data that the top
+// reads through from below into the top, which then replaces the base file (qcow2 base only). The
+// intent's phase decides what a re-run does:
+//   copy   - the target's internal snapshots are deleted, its refcounts made exact, and the data
+//            written (base_merge.hpp). Only guest ranges that the top reads through to the data copied
+//            are written, so the top reads the same throughout, and a re-run repeats the copy with the
+//            same result.
+//   switch - COMMIT POINT: the target holds the top's guest view durably. A re-run finishes the
+//            switch: for stream, the top's backing file name is dropped (one sector write) and the top
+//            renamed over the base; then the overlay files left are removed (top first), then the
+//            intent file.
 // An image without a backing file only has its internal snapshots deleted and refcounts made exact
 // (refcount_repair.hpp); that needs no intent file, because every run ends with exact refcounts.
 
@@ -31,6 +37,7 @@ struct ConsolidateOptions {
 };
 
 struct ConsolidateReport {
+    std::string strategy = "commit";             // "commit" (into the base) or "stream" (into the top)
     std::string disk;                            // the image that is the disk now (the base)
     std::string base_format;                     // "qcow2" or "raw"
     std::string top;                             // the image whose guest view the disk now has

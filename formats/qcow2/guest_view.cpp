@@ -122,16 +122,20 @@ std::vector<GuestPiece> overlay_pieces(const OverlayLayer& layer, std::size_t la
     return pieces;
 }
 
-std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& overlays, const std::vector<std::uint64_t>& sizes)
+namespace {
+
+// Takes the pieces of layers `newest` down to `oldest` (chain indexes) into `result`, newest first,
+// where `covered` does not cover them yet. `kinds` filters the pieces kept.
+void take_layers(const std::vector<OverlayLayer>& layers, const std::vector<std::uint64_t>& sizes, std::size_t newest,
+                 std::size_t oldest, CoveredRanges& covered, bool stored_only, std::vector<GuestPiece>& result)
 {
     const std::uint64_t view_size = sizes.back();
-    CoveredRanges covered;
-    std::vector<GuestPiece> result;
-
-    for (std::size_t layer = overlays.size(); layer >= 1; --layer) {
-        for (const GuestPiece& piece : overlay_pieces(overlays[layer - 1], layer)) {
+    for (std::size_t layer = newest + 1; layer-- > oldest;) {
+        for (const GuestPiece& piece : overlay_pieces(layers[layer], layer)) {
             const std::uint64_t end = std::min(piece.guest_offset + piece.length, view_size);
             covered.take(piece.guest_offset, end, [&](std::uint64_t begin, std::uint64_t part_end) {
+                if (stored_only && piece.kind == PieceKind::zero)
+                    return;
                 GuestPiece part = piece;
                 part.guest_offset = begin;
                 part.length = part_end - begin;
@@ -143,17 +147,41 @@ std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& overlays,
         // A read that falls through to this layer past its end reads zeros, whatever lies below.
         if (sizes[layer] < view_size)
             covered.take(sizes[layer], view_size, [&](std::uint64_t begin, std::uint64_t end) {
-                result.push_back(GuestPiece{begin, end - begin, PieceKind::zero, layer, 0, 0, 0});
+                if (!stored_only)
+                    result.push_back(GuestPiece{begin, end - begin, PieceKind::zero, layer, 0, 0, 0});
             });
     }
+}
 
-    std::sort(result.begin(), result.end(),
+std::vector<GuestPiece> sorted_and_merged(std::vector<GuestPiece> pieces)
+{
+    std::sort(pieces.begin(), pieces.end(),
               [](const GuestPiece& a, const GuestPiece& b) { return a.guest_offset < b.guest_offset; });
     std::vector<GuestPiece> merged;
-    merged.reserve(result.size());
-    for (const GuestPiece& piece : result)
+    merged.reserve(pieces.size());
+    for (const GuestPiece& piece : pieces)
         append_piece(merged, piece);
     return merged;
+}
+
+}  // namespace
+
+std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& layers, const std::vector<std::uint64_t>& sizes)
+{
+    CoveredRanges covered;
+    std::vector<GuestPiece> result;
+    take_layers(layers, sizes, layers.size() - 1, 1, covered, false, result);
+    return sorted_and_merged(std::move(result));
+}
+
+std::vector<GuestPiece> stream_pieces(const std::vector<OverlayLayer>& layers, const std::vector<std::uint64_t>& sizes)
+{
+    CoveredRanges covered;
+    std::vector<GuestPiece> top;
+    take_layers(layers, sizes, layers.size() - 1, layers.size() - 1, covered, false, top);
+    std::vector<GuestPiece> result;
+    take_layers(layers, sizes, layers.size() - 2, 0, covered, true, result);
+    return sorted_and_merged(std::move(result));
 }
 
 PieceTotals piece_totals(const std::vector<GuestPiece>& pieces)
@@ -171,7 +199,7 @@ void PieceReader::read(const GuestPiece& piece, std::uint64_t offset, std::span<
         std::fill(out.begin(), out.end(), 0);
         return;
     }
-    const OverlayLayer& layer = overlays_[piece.layer - 1];
+    const OverlayLayer& layer = layers_[piece.layer];
     if (piece.kind == PieceKind::data) {
         // A file may end inside its last cluster (QEMU skips writing a zero tail); those bytes read as zeros.
         std::size_t got = layer.file->read_at(piece.host_offset + skip, out);

@@ -31,7 +31,7 @@ struct GuestPiece {
     std::uint64_t cluster_offset = 0;  // compressed: guest offset of the compressed cluster's first byte
 };
 
-// One qcow2 overlay as composition input.
+// One qcow2 layer of a chain as composition input.
 struct OverlayLayer {
     const File* file = nullptr;
     const Header* header = nullptr;
@@ -42,10 +42,16 @@ struct OverlayLayer {
 // its size. Validates the tables first (walk_cluster_tables). Throws InvalidInput naming the entry.
 std::vector<GuestPiece> overlay_pieces(const OverlayLayer& layer, std::size_t layer_index);
 
-// Composes the overlays (chain index 1 to n-1, because index 0 is the base) into the pieces that give
-// the top's guest view of [0, sizes.back()); the newest layer wins. `sizes` contains every layer's
-// guest size, base first.
-std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& overlays, const std::vector<std::uint64_t>& sizes);
+// Composes the overlays (chain index 1 to n-1) into the pieces that give
+// the top's guest view of [0, sizes.back()); the newest layer wins. `layers` and `sizes` list every
+// layer, base first; the base's entry is not read.
+std::vector<GuestPiece> compose_chain(const std::vector<OverlayLayer>& layers, const std::vector<std::uint64_t>& sizes);
+
+// The stored data (data and compressed pieces) that the top reads through from the layers below it,
+// the base (a qcow2 image) included: what the top must store itself to read the same without its
+// backing file. Zeros need no piece, because an unallocated cluster of an image without a backing
+// file reads as zeros.
+std::vector<GuestPiece> stream_pieces(const std::vector<OverlayLayer>& layers, const std::vector<std::uint64_t>& sizes);
 
 // Sums of the pieces' lengths by kind: stored (data and compressed) and zero.
 struct PieceTotals {
@@ -54,16 +60,16 @@ struct PieceTotals {
 };
 PieceTotals piece_totals(const std::vector<GuestPiece>& pieces);
 
-// Reads the guest bytes of a piece from its layer: `overlays[piece.layer - 1]`. The last compressed
+// Reads the guest bytes of a piece from its layer: `layers[piece.layer]`. The last compressed
 // cluster read is kept inflated, because consecutive pieces often come from the same one.
 class PieceReader {
 public:
-    explicit PieceReader(const std::vector<OverlayLayer>& overlays) : overlays_(overlays) {}
+    explicit PieceReader(const std::vector<OverlayLayer>& layers) : layers_(layers) {}
     // Fills `out` with the guest bytes from `offset`, which lies inside `piece`.
     void read(const GuestPiece& piece, std::uint64_t offset, std::span<std::uint8_t> out);
 
 private:
-    const std::vector<OverlayLayer>& overlays_;
+    const std::vector<OverlayLayer>& layers_;
     std::size_t cached_layer_ = 0;
     std::uint64_t cached_entry_ = 0;
     std::vector<std::uint8_t> cached_cluster_;

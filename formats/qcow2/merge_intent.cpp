@@ -48,6 +48,13 @@ std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path)
             intent.phase = MergePhase::switch_files;
         else
             throw InvalidInput(path.string() + ": phase: \"" + phase + "\" is neither \"copy\" nor \"switch\"");
+        const std::string strategy = json.at("strategy").get<std::string>();
+        if (strategy == "commit")
+            intent.strategy = MergeStrategy::commit;
+        else if (strategy == "stream")
+            intent.strategy = MergeStrategy::stream;
+        else
+            throw InvalidInput(path.string() + ": strategy: \"" + strategy + "\" is neither \"commit\" nor \"stream\"");
         intent.base = json.at("base").get<std::string>();
         intent.base_format = json.at("baseFormat").get<std::string>();
         intent.top = json.at("top").get<std::string>();
@@ -66,6 +73,7 @@ void write_merge_intent(const std::filesystem::path& path, const MergeIntent& in
     nlohmann::json json = {
         {"schema", schema},
         {"phase", intent.phase == MergePhase::copy ? "copy" : "switch"},
+        {"strategy", intent.strategy == MergeStrategy::commit ? "commit" : "stream"},
         {"base", intent.base},
         {"baseFormat", intent.base_format},
         {"top", intent.top},

@@ -12,13 +12,20 @@ namespace vmcrypt::qcow2 {
 
 enum class MergePhase { copy, switch_files };
 
+// Which way the data moves. QEMU names the two block jobs the same way.
+enum class MergeStrategy {
+    commit,  // the overlays' data is written into the base
+    stream,  // the data below the top is written into the top, which then replaces the base file
+};
+
 struct MergeIntent {
     MergePhase phase = MergePhase::copy;
+    MergeStrategy strategy = MergeStrategy::commit;
     std::string base;                       // absolute
     std::string base_format;                // "qcow2" or "raw"
     std::string top;                        // absolute
     std::vector<std::string> overlays;      // absolute, base side first, the top last
-    std::vector<std::string> remove_files;  // the overlays, top first
+    std::vector<std::string> remove_files;  // the overlays, top first (for stream, without the top)
 
     bool mentions(const std::filesystem::path& path) const;
 };

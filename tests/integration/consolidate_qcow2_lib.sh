@@ -6,7 +6,7 @@ QCOW2_CHAIN_SIZE=64M
 # the base, such as compat=0.10). Each layer holds a change of one ext4 file system and qemu-io writes:
 #   base: an ext4 file system with compressed clusters (qemu-img convert -c), patterns past it and
 #         in the last sector;
-#   mid:  a new file in the file system (only the changed clusters, qemu-img convert -B), patterns
+#   mid:  a new file in the file system (only the changed 4 KiB blocks), patterns
 #         over base data, a compressed cluster, a whole zeroed cluster and a partly zeroed one, and
 #         the second-to-last sector;
 #   top:  (extended L2, so 2 KiB subclusters) another new file, patterns over base and mid data,
@@ -28,23 +28,64 @@ make_qcow2_chain() {
         qemu-io -f qcow2 -c "write -P 0x11 40M 4M" -c "write -P 0x12 48M 1M" \
             -c "write -P 0x13 $((bytes - 512)) 512" base.qcow2 >/dev/null
 
-        qemu-img convert -f qcow2 -O raw base.qcow2 work/fs.raw
+        qemu-img convert -f qcow2 -O raw base.qcow2 work/old.raw
+        cp --sparse=always work/old.raw work/fs.raw
         debugfs -w -R "write /etc/hostname added-in-mid.txt" work/fs.raw >/dev/null 2>&1
-        qemu-img convert -f raw -O qcow2 -B base.qcow2 -F qcow2 work/fs.raw mid.qcow2
+        qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+        write_changed_blocks work/old.raw work/fs.raw mid.qcow2
         qemu-io -f qcow2 -c "write -P 0x21 40M 65536" -c "write -c -P 0x22 52M 65536" -c "write -c -P 0x25 54M 65536" \
             -c "write -z 42M 65536" -c "write -z $((43 * 1048576 + 4096)) 8192" \
             -c "write -P 0x23 $((48 * 1048576 + 61440)) 8192" -c "write -P 0x24 $((bytes - 1024)) 512" \
             mid.qcow2 >/dev/null
 
-        qemu-img convert -f qcow2 -O raw mid.qcow2 work/fs.raw
+        qemu-img convert -f qcow2 -O raw mid.qcow2 work/old.raw
+        cp --sparse=always work/old.raw work/fs.raw
         debugfs -w -R "write /etc/services added-in-top.txt" work/fs.raw >/dev/null 2>&1
-        qemu-img convert -f raw -O qcow2 -o extended_l2=on -B mid.qcow2 -F qcow2 work/fs.raw top.qcow2
+        qemu-img create -q -f qcow2 -o extended_l2=on -b mid.qcow2 -F qcow2 top.qcow2
+        write_changed_blocks work/old.raw work/fs.raw top.qcow2
         qemu-io -f qcow2 -c "write -P 0x31 $((40 * 1048576 + 2048)) 4096" -c "write -z $((40 * 1048576 + 8192)) 2048" \
             -c "write -z 52M 65536" -c "write -P 0x34 $((54 * 1048576 + 4096)) 2048" -c "write -P 0x32 $((44 * 1048576 + 512)) 1536" \
             -c "write -z $((48 * 1048576 + 4096)) 2048" -c "write -P 0x33 $((bytes - 512)) 512" \
             top.qcow2 >/dev/null
     )
     rm -rf "$work"
+}
+
+# Writes into the qcow2 image LAYER, with qemu-io, every 4 KiB block in which the raw files OLD and
+# NEW differ, so that the layer stores only what a guest changed.
+write_changed_blocks() {
+    "$PYTHON" - "$@" <<'PY' || fail "write_changed_blocks $*: failed"
+import os, subprocess, sys, tempfile
+
+old_path, new_path, layer = sys.argv[1:4]
+block = 4096
+runs = []
+with open(old_path, "rb") as old, open(new_path, "rb") as new:
+    offset = 0
+    while True:
+        before, after = old.read(block), new.read(block)
+        if not after:
+            break
+        if before != after:
+            if runs and runs[-1][0] + len(runs[-1][1]) == offset:
+                runs[-1] = (runs[-1][0], runs[-1][1] + after)
+            else:
+                runs.append((offset, after))
+        offset += block
+if not runs:
+    sys.exit("no block differs between " + old_path + " and " + new_path)
+folder = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(layer)))
+commands = []
+for index, (offset, data) in enumerate(runs):
+    path = os.path.join(folder, f"{index}.bin")
+    with open(path, "wb") as chunk:
+        chunk.write(data)
+    commands += ["-c", f"write -s {path} {offset} {len(data)}"]
+subprocess.run(["qemu-io", "-f", "qcow2", *commands, layer], check=True, stdout=subprocess.DEVNULL)
+for index in range(len(runs)):
+    os.remove(os.path.join(folder, f"{index}.bin"))
+os.rmdir(folder)
+PY
 }
 
 # Fails unless qemu-img compare finds the qcow2 IMAGE identical to the raw file RAW.

@@ -19,17 +19,24 @@ expect_ext4_with_added_files() {
     done
 }
 
+# Merges the chain of make_qcow2_chain (base OPTIONS; with STRATEGY stream, the top also gets 31 MiB of
+# data, so that copying the rest into the top costs less) and checks the result.
 merge_chain() {
-    local name=$1 options=${2:-}
+    local name=$1 options=${2:-} strategy=${3:-commit}
     local dir="$TEST_TMP/$name"
     mkdir -p "$dir"
     make_qcow2_chain "$dir" "$options"
+    if [[ $strategy == stream ]]; then
+        qemu-img snapshot -c in-top "$dir/top.qcow2"
+        qemu-io -f qcow2 -c "write -P 0x3c 32M 31M" -c "write -z 33M 64k" "$dir/top.qcow2" >/dev/null
+    fi
     qemu-img convert -f qcow2 -O raw "$dir/top.qcow2" "$dir/expected.raw"
     hash_folder "$dir" >"$TEST_TMP/before.hash"
 
     expect_exit 0 "$VMCRYPT" consolidate-snapshots --dry-run "$dir/top.qcow2"
     grep -q "would merge 2 overlays into $dir/base.qcow2" <<<"$LAST_STDOUT" ||
         fail "$name: unexpected dry-run plan: $LAST_STDOUT"
+    grep -q "strategy: $strategy" <<<"$LAST_STDOUT" || fail "$name: expected strategy $strategy in the plan: $LAST_STDOUT"
     hash_folder "$dir" >"$TEST_TMP/after.hash"
     cmp -s "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || fail "$name: --dry-run changed files"
 
@@ -39,6 +46,7 @@ merge_chain() {
     [[ ! -e $dir/base.qcow2.vmcrypt-consolidate-qcow2 ]] || fail "$name: the intent file is still there"
     [[ -z $(qemu-img info --output=json "$dir/base.qcow2" | grep '"backing-filename"') ]] ||
         fail "$name: the base has a backing file"
+    [[ -z $(qemu-img snapshot -l "$dir/base.qcow2") ]] || fail "$name: the merged base has internal snapshots"
 
     expect_qcow2_equals_raw "$dir/base.qcow2" "$dir/expected.raw" "($name, after the merge)"
     expect_qcow2_check_clean "$dir/base.qcow2" "($name, after the merge)"
@@ -50,6 +58,7 @@ merge_chain() {
 
 merge_chain v3
 merge_chain v2 compat=0.10
+merge_chain stream "" stream
 
 # The same guest data over a raw base (-F raw at the bottom of the chain).
 dir="$TEST_TMP/raw-base"
