@@ -17,8 +17,8 @@ namespace vmcrypt {
 
 namespace {
 
-// 256 KiB: a quarter of a Zen 4 core's L2 cache, which leaves room for XTS's tweaks and the kernel's
-// page cache lines during the copy.
+// 256 KiB fits in the L2 cache of current x86-64 cores (512 KiB to 2 MiB per core) with room left for
+// XTS's tweaks and the lines the kernel's copy touches.
 constexpr std::uint64_t cache_chunk_units = 512;
 
 Direction direction_of(Operation operation)
@@ -102,7 +102,7 @@ struct RewriteEngine::Impl {
         });
     }
 
-    // Hints for disk-backed files; on tmpfs both cost a system call and do nothing.
+    // Hints for disk-backed files. On tmpfs each costs a system call and does nothing.
     void prefetch(const std::vector<RunSegment>& segments) const
     {
         for (const RunSegment& segment : segments)

@@ -127,13 +127,13 @@ void File::truncate(std::uint64_t size)
 
 void File::prefetch(std::uint64_t offset, std::uint64_t length) const noexcept
 {
-    // A failure only loses the hint; the read that follows reports real errors.
+    // A failure only loses the hint, and the read that follows reports real errors.
     (void)::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_WILLNEED);
 }
 
 void File::start_writeback(std::uint64_t offset, std::uint64_t length) const noexcept
 {
-    // A failure only loses the hint; sync_data() reports real write errors.
+    // A failure only loses the hint, and sync_data() reports real write errors.
     (void)::sync_file_range(fd_, static_cast<off64_t>(offset), static_cast<off64_t>(length), SYNC_FILE_RANGE_WRITE);
 }
 

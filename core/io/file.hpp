@@ -32,9 +32,9 @@ public:
     bool read_exact(std::uint64_t offset, std::span<std::uint8_t> buffer) const;
     void write_exact(std::uint64_t offset, std::span<const std::uint8_t> data);
     void truncate(std::uint64_t size);
-    // Hints, without effect on what is durable or read. prefetch() asks the kernel to start reading a
-    // range into the page cache (POSIX_FADV_WILLNEED); start_writeback() starts writing a written range
-    // without waiting (sync_file_range SYNC_FILE_RANGE_WRITE). Only sync_data() makes data durable.
+    // Hints, without effect on what is durable or read. prefetch() starts reading a range into the page
+    // cache (POSIX_FADV_WILLNEED). start_writeback() starts writing a written range to the device without
+    // waiting (sync_file_range SYNC_FILE_RANGE_WRITE). Only sync_data() makes data durable.
     void prefetch(std::uint64_t offset, std::uint64_t length) const noexcept;
     void start_writeback(std::uint64_t offset, std::uint64_t length) const noexcept;
     void sync_data();  // fdatasync
