@@ -4,6 +4,7 @@
 
 #include "core/crypto/xts.hpp"
 
+#include "core/crypto/xts_vaes.hpp"
 #include "core/error.hpp"
 
 #include <botan/mem_ops.h>
@@ -13,6 +14,8 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -234,7 +237,8 @@ void process_chunk(const Botan::BlockCipher& data_cipher, Direction direction, s
 
 // Processes the units of `data` in place. Unit i has the plain64 tweak first_sector + i.
 void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCipher& tweak_cipher,
-                   Direction direction, std::span<std::uint8_t> data, std::uint64_t first_sector)
+                   const xts_vaes::RoundKeys* vaes_keys, Direction direction, std::span<std::uint8_t> data,
+                   std::uint64_t first_sector)
 {
     if (data.size() % xts_unit_size != 0)
         throw std::invalid_argument("AES-XTS: data size " + std::to_string(data.size()) +
@@ -260,6 +264,15 @@ void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCiph
             store_le64(0, initial_tweaks + u * block_size + 8);
         }
         tweak_cipher.encrypt_n(initial_tweaks, initial_tweaks, batch_units);
+
+        if (vaes_keys) {
+            std::uint8_t* batch = data.data() + batch_first * xts_unit_size;
+            if (direction == Direction::encrypt)
+                xts_vaes::encrypt_units(*vaes_keys, batch, batch_units, initial_tweaks);
+            else
+                xts_vaes::decrypt_units(*vaes_keys, batch, batch_units, initial_tweaks);
+            continue;
+        }
 
         for (std::size_t chunk_first = 0; chunk_first < batch_units; chunk_first += units_per_chunk) {
             const std::size_t first_unit = batch_first + chunk_first;
@@ -307,7 +320,7 @@ void process_unit(const Botan::BlockCipher& data_cipher, const Botan::BlockCiphe
 
 }  // namespace
 
-XtsCipher::XtsCipher(std::span<const std::uint8_t> key)
+XtsCipher::XtsCipher(std::span<const std::uint8_t> key, XtsBackend backend)
 {
     if (key.size() != xts_key_size)
         throw BadKeyLength("AES-256-XTS key is " + std::to_string(key.size()) + " bytes, expected " +
@@ -322,18 +335,29 @@ XtsCipher::XtsCipher(std::span<const std::uint8_t> key)
     tweak_cipher_ = Botan::BlockCipher::create_or_throw("AES-256");
     data_cipher_->set_key(key.data(), half);
     tweak_cipher_->set_key(key.data() + half, half);
+
+    if (backend == XtsBackend::fastest && xts_vaes::vaes_available()) {
+        // RoundKeys needs 64-byte alignment, which the allocator does not promise.
+        vaes_key_storage_.resize(sizeof(xts_vaes::RoundKeys) + alignof(xts_vaes::RoundKeys));
+        void* start = vaes_key_storage_.data();
+        std::size_t space = vaes_key_storage_.size();
+        void* aligned = std::align(alignof(xts_vaes::RoundKeys), sizeof(xts_vaes::RoundKeys), start, space);
+        auto* keys = new (aligned) xts_vaes::RoundKeys;
+        xts_vaes::expand_key(key.data(), *keys);
+        vaes_keys_ = keys;
+    }
 }
 
 XtsCipher::~XtsCipher() = default;
 
 void XtsCipher::encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
 {
-    process_units(*data_cipher_, *tweak_cipher_, Direction::encrypt, data, first_sector);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::encrypt, data, first_sector);
 }
 
 void XtsCipher::decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
 {
-    process_units(*data_cipher_, *tweak_cipher_, Direction::decrypt, data, first_sector);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::decrypt, data, first_sector);
 }
 
 void XtsCipher::encrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const

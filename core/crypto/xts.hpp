@@ -20,11 +20,20 @@ namespace vmcrypt {
 inline constexpr std::size_t xts_unit_size = 512;
 inline constexpr std::size_t xts_key_size = 64;  // two AES-256 keys: data key, then tweak key
 
+namespace xts_vaes {
+struct RoundKeys;
+}
+
+// Which code encrypts the data blocks of encrypt_units() and decrypt_units(). fastest takes VAES on
+// 512-bit vectors where the CPU has AVX-512F, AVX-512BW and VAES, and Botan's AES otherwise. botan_aes
+// always takes Botan's AES, so that tests can compare the two.
+enum class XtsBackend { fastest, botan_aes };
+
 class XtsCipher final : public UnitCipher {
 public:
     // Throws BadKeyLength unless key is 64 bytes; throws BadKeyLength if the two halves are equal
     // (IEEE 1619-2018 and FIPS 140 forbid key1 == key2).
-    explicit XtsCipher(std::span<const std::uint8_t> key);
+    explicit XtsCipher(std::span<const std::uint8_t> key, XtsBackend backend = XtsBackend::fastest);
     ~XtsCipher() override;
     XtsCipher(const XtsCipher&) = delete;
     XtsCipher& operator=(const XtsCipher&) = delete;
@@ -41,9 +50,15 @@ public:
     void encrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const;
     void decrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const;
 
+    // Whether encrypt_units() and decrypt_units() run on VAES.
+    bool uses_vaes() const noexcept { return vaes_keys_ != nullptr; }
+
 private:
     std::unique_ptr<Botan::BlockCipher> data_cipher_;
     std::unique_ptr<Botan::BlockCipher> tweak_cipher_;
+    // The data key's round keys for VAES, in Botan's locked, scrubbed memory; null without VAES.
+    Botan::secure_vector<std::uint8_t> vaes_key_storage_;
+    const xts_vaes::RoundKeys* vaes_keys_ = nullptr;
 };
 
 }  // namespace vmcrypt
