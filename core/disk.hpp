@@ -106,6 +106,9 @@ public:
         return std::nullopt;
     }
 
+    // True when unlock_foreign() can open the disk's foreign encryption with a passphrase.
+    virtual bool can_unlock_foreign() const { return false; }
+
     // The cipher (a record cipher name) of the data key that unlock_foreign() returns.
     virtual std::string foreign_cipher() const { return "aes-xts-plain64"; }
 

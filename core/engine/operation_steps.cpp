@@ -70,6 +70,10 @@ void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked
                              ", or give it vmcrypt key slots without decrypting: " +
                              shell_command({"vmcrypt", "keys", "add", "--passphrase-file", "FILE", "--new-key-file",
                                             "KEK", where}));
+    if (foreign && !foreign_unlocked && disk.can_unlock_foreign())
+        throw WrongDiskState(where + ": the disk is encrypted by " + *foreign + "; decrypt it first with its "
+                             "passphrase: " + shell_command({"vmcrypt", "decrypt", "--passphrase", where}) +
+                             " (or --passphrase-file FILE), then run this command again");
     if (foreign && !foreign_unlocked)
         throw WrongDiskState(where + ": the disk is encrypted by " + *foreign +
                              "; vmcrypt does not touch it (decrypt it with the product that encrypted it)");

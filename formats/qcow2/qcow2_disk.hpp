@@ -52,6 +52,7 @@ public:
     std::string foreign_cipher() const override;
     bool foreign_adoptable() const override;
     void prepare_adopt(const SecureBytes& dek, const RecordFields& record) override;
+    bool can_unlock_foreign() const override;
 
     const Header& header() const { return header_; }
     const ClusterMap& cluster_map() const { return map_; }

@@ -261,6 +261,12 @@ void QcowDisk::write_header(const std::vector<std::uint8_t>& bytes)
     file.sync_data();
 }
 
+bool QcowDisk::can_unlock_foreign() const
+{
+    const auto method = static_cast<CryptMethod>(header_.crypt_method);
+    return method == CryptMethod::aes || (method == CryptMethod::luks && !record_);
+}
+
 std::string QcowDisk::foreign_cipher() const
 {
     return static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::aes ? legacy_record_cipher : record_cipher;

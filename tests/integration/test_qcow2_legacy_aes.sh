@@ -87,6 +87,7 @@ expect_exit 0 "$VMCRYPT" inspect "$image"
 # Encrypt refuses it; decrypt without or with a wrong password writes nothing.
 hash_disk_files "$dir" >"$TEST_TMP/hashes"
 expect_exit 3 "$VMCRYPT" encrypt "$image"
+expect_stderr_contains "vmcrypt decrypt --passphrase"
 expect_exit 4 "$VMCRYPT" decrypt "$image"
 expect_stderr_contains "--passphrase-file"
 expect_exit 4 "$VMCRYPT" decrypt --passphrase-file "$TEST_TMP/wrong" "$image"
