@@ -78,6 +78,12 @@ public:
     // disks stay thin) or "encrypted" (encrypted like any other unit, as a qcow2 LUKS reader expects).
     virtual std::string zero_unit_rule() const { return "plain"; }
 
+    // True when other programs rewrite the encrypted data by design (QEMU writes a LUKS qcow2 that it
+    // opens with the secret). The record then carries no dataCheck, because a check over ciphertext would
+    // reject the image after the first guest write. Such a record lives inside the image file itself, so
+    // it is not copied onto another disk with a descriptor.
+    virtual bool data_changes_while_encrypted() const { return false; }
+
     // vmcrypt's record fields, or nullopt when the disk has none (plaintext).
     virtual std::optional<RecordFields> record() const = 0;
 

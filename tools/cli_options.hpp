@@ -35,13 +35,15 @@ struct RewriteCommandOptions {
     std::string disk;
     KeyOptions keys;
     std::uint64_t window_mib = 16;
+    bool skip_data_check = false;  // decrypt only
 };
 
 struct QemuSecretCommandOptions {
     std::string disk;
     KeyOptions keys;
-    std::string form = "object";  // object, libvirt or raw
+    std::string form;             // object, libvirt or raw; empty: object, or raw with --output
     std::string id = "sec0";      // QEMU object id for the object form
+    std::string output;           // file to create (0600) for the secret instead of standard output
 };
 
 struct ConsolidateCommandOptions {

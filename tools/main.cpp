@@ -174,6 +174,9 @@ int main(int argc, char** argv)
     add_key_options(*decrypt, decrypt_options.keys, false);
     decrypt->add_option("--window-size", decrypt_options.window_mib,
                         "MiB rewritten per crash-safe step (default 16)")->check(CLI::Range(1, 1024));
+    decrypt->add_flag("--skip-data-check", decrypt_options.skip_data_check,
+                      "decrypt even when the record's dataCheck does not match the data (a program wrote to the "
+                      "encrypted disk); the key must still open the record");
 
     CLI::App* rekey = app.add_subcommand("rekey", "seal the disk's DEK under a new key (shallow), or rewrite the "
                                                   "data under a new DEK with --deep (re-run to resume)");
@@ -238,6 +241,9 @@ int main(int argc, char** argv)
                             "for virsh secret-set-value; raw: the secret text")
         ->check(CLI::IsMember({"object", "libvirt", "raw"}));
     qemu_secret->add_option("--id", secret_options.id, "the QEMU object id in the object form (default sec0)");
+    qemu_secret->add_option("-o,--output", secret_options.output,
+                            "create FILE (mode 0600, never overwritten) holding the secret without a line end, "
+                            "for secret,id=sec0,file=FILE; implies --form raw unless --form libvirt is given");
 
     for (CLI::App* command :
          {encrypt, decrypt, rekey, keys, keys_list, keys_add, keys_remove, inspect, consolidate, kms, kms_check,

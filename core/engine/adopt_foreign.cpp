@@ -52,7 +52,12 @@ void adopt_foreign_encryption(Disk& disk, KeySources& unlock, KeySources& seal, 
     after.tweak = disk.tweak_rule();
     after.zero_units = disk.zero_unit_rule();
     // The data check needs the first non-zero units of the ciphertext (read only); the MAC only the DEK.
-    after.data_check = compute_data_check(disk, dek);
+    // The journal's record always carries it, because it binds an interrupted adoption to this disk's
+    // ciphertext while vmcrypt's lock keeps QEMU out. The disk's record carries none where QEMU writes
+    // the data afterwards (see Disk::data_changes_while_encrypted).
+    const std::string data_check = compute_data_check(disk, dek);
+    if (!disk.data_changes_while_encrypted())
+        after.data_check = data_check;
     try {
         for (auto& source : seal)
             after.add_key_slot(seal_new_slot(*source, dek));
@@ -62,6 +67,7 @@ void adopt_foreign_encryption(Disk& disk, KeySources& unlock, KeySources& seal, 
         // The journal's extra slot: the foreign passphrase, so that the same command finishes an
         // interrupted adoption. It is never written to the disk.
         EncryptionRecord before = after;
+        before.data_check = data_check;
         before.key_slots = {passphrase_source->seal(dek)};
         before.key_slot_ids = {free_slot_id(after)};
         before.seal(dek);

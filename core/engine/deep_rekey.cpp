@@ -145,7 +145,8 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
     // Validate everything, unlock, and seal the new DEK before the first write.
     const std::vector<KeySource*> unlock_sources = source_list({&unlock});
     UnlockedKey old_key = unlock_key_slot(*fields, unlock_sources, where);
-    if (!old_record.data_check.empty() && compute_data_check(*disk, old_key.dek) != old_record.data_check)
+    if (!old_record.data_check.empty() && !disk->data_changes_while_encrypted() &&
+        compute_data_check(*disk, old_key.dek) != old_record.data_check)
         throw InvalidInput(where + ": ddb.vmcrypt.dataCheck does not match the disk's data: the encryption record "
                            "belongs to another disk (a copied descriptor?) or the data was changed after "
                            "encryption; nothing was written");

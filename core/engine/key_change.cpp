@@ -54,8 +54,10 @@ void check_key_change_belongs(Disk& disk, const SecureBytes& dek, const Encrypti
         throw InvalidInput(mismatch + "the disk has no record" + advice);
 
     // The data must still be under this DEK: replaying over a disk whose DEK changed since (a deep rekey
-    // after the journal was copied) would lose every key to the data.
-    if (!journal_record.data_check.empty() && compute_data_check(disk, dek) != journal_record.data_check)
+    // after the journal was copied) would lose every key to the data. Data that QEMU rewrites by design
+    // is checked only during an adoption, when vmcrypt's lock has kept QEMU out since the check was made.
+    const bool check_data = adopting || !disk.data_changes_while_encrypted();
+    if (check_data && !journal_record.data_check.empty() && compute_data_check(disk, dek) != journal_record.data_check)
         throw InvalidInput(mismatch + "the data is no longer under the journal's DEK" + advice);
     if (adopting)
         return;

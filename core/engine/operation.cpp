@@ -44,6 +44,27 @@ bool has_state(const RecordFields& fields, RecordState state)
     }
 }
 
+// Compares the record's dataCheck with the data before a decrypt writes anything. An image that QEMU
+// writes by design (qcow2) is not checked, because a guest write changes the checked units.
+void check_data_matches(Disk& disk, const EncryptionRecord& record, const SecureBytes& dek, DataCheckMode mode,
+                        const std::string& where)
+{
+    if (record.data_check.empty() || disk.data_changes_while_encrypted())
+        return;
+    if (compute_data_check(disk, dek) == record.data_check)
+        return;
+
+    if (mode == DataCheckMode::skip) {
+        log_warning(where + ": dataCheck does not match the disk's data; decrypting anyway, as "
+                    "--skip-data-check requests");
+        return;
+    }
+    throw InvalidInput(where + ": ddb.vmcrypt.dataCheck does not match the disk's data, so the encryption record "
+                       "belongs to another disk (a copied descriptor?) or a program wrote to the disk while it was "
+                       "encrypted; nothing was written. If this record is the disk's own, decrypt anyway with "
+                       "--skip-data-check: the units written since come out as garbage, the rest as before");
+}
+
 bool verifies_with(const RecordFields& fields, const SecureBytes& dek)
 {
     try {
@@ -294,10 +315,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
             dek = unlock_dek(*fields, sources, where);
         }
 
-        if (!record.data_check.empty() && compute_data_check(*disk, dek) != record.data_check)
-            throw InvalidInput(where + ": ddb.vmcrypt.dataCheck does not match the disk's data: the encryption record "
-                               "belongs to another disk (a copied descriptor?) or the data was changed after "
-                               "encryption; nothing was written");
+        check_data_matches(*disk, record, dek, options.data_check, where);
         if (record.tweak != disk->tweak_rule())
             throw InvalidInput(where + ": ddb.vmcrypt.tweak is \"" + record.tweak + "\" but a " + disk->format() +
                                " disk uses \"" + disk->tweak_rule() + "\"; the record does not belong to this disk");

@@ -122,6 +122,12 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
                                        RewriteOptions& options)
 {
     record.state = RecordState::encrypted;
+    if (disk.data_changes_while_encrypted()) {
+        record.data_check.clear();
+        record.seal(dek);
+        return disk.record_update(record.to_fields());
+    }
+
     record.data_check = std::string(44, 'A');
     record.seal(dek);
     MetadataWrite placeholder = disk.record_update(record.to_fields());

@@ -24,12 +24,16 @@ struct Progress {
     std::uint64_t bytes_total = 0;
 };
 
+// Whether decrypt compares the record's dataCheck with the disk's data before the first write.
+enum class DataCheckMode { enforce, skip };
+
 struct RewriteOptions {
     std::uint64_t window_size = 16ull << 20;             // bytes, a multiple of 512
     unsigned threads = 2;                                // crypto threads
     const std::atomic<bool>* stop_requested = nullptr;   // checked at window boundaries
     std::function<void(const Progress&)> on_progress;
     std::string resume_command;                          // for messages: "vmcrypt encrypt disk.vmdk"
+    DataCheckMode data_check = DataCheckMode::enforce;   // decrypt only
     // When set, called once all data is rewritten to make the final metadata write, which may then
     // depend on the new data. Its result replaces the final metadata passed to start() or resume() and
     // must not be larger.

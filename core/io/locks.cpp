@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/file.h>
 
 namespace vmcrypt {
 
@@ -29,24 +30,39 @@ struct flock lock_request(short type)
 void lock_exclusive(File& file)
 {
     struct flock request = lock_request(F_WRLCK);
-    if (::fcntl(file.fd(), F_OFD_SETLK, &request) == 0)
-        return;
+    if (::fcntl(file.fd(), F_OFD_SETLK, &request) != 0) {
+        if (errno == EAGAIN || errno == EACCES)
+            throw DiskInUse(file.path().string() + ": the disk is in use by another program (QEMU image lock or "
+                            "another vmcrypt run); stop the virtual machine or the other process and retry");
+        throw IoError(file.path().string() + ": locking failed: " + std::strerror(errno));
+    }
 
-    if (errno == EAGAIN || errno == EACCES)
-        throw DiskInUse(file.path().string() + ": the disk is in use by another program (QEMU image lock or "
-                        "another vmcrypt run); stop the virtual machine or the other process and retry");
-    throw IoError(file.path().string() + ": locking failed: " + std::strerror(errno));
+    // Scripts and backup jobs serialise on whole-file flock(2) locks, which Linux keeps apart from OFD
+    // locks. Taking one too makes vmcrypt reject a disk that such a job holds, and the job sees vmcrypt.
+    // NOTE: on NFS, Linux emulates flock(2) with a whole-file byte-range lock, which conflicts with the OFD
+    // lock above, so there every disk reads as in use. Local file systems are not affected.
+    if (::flock(file.fd(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            throw DiskInUse(file.path().string() + ": another process holds a flock(2) lock on the file (a "
+                            "script or backup job using flock); wait for it to finish and retry");
+        throw IoError(file.path().string() + ": locking failed: " + std::strerror(errno));
+    }
 }
 
 std::optional<std::string> find_lock_holder(const File& file)
 {
     struct flock request = lock_request(F_WRLCK);
-    if (::fcntl(file.fd(), F_OFD_GETLK, &request) != 0)
-        return std::nullopt;  // locking is unsupported here, so no holder can be found
-    if (request.l_type == F_UNLCK)
-        return std::nullopt;
-    return request.l_type == F_WRLCK ? std::string("exclusive lock (another vmcrypt run)")
-                                     : std::string("shared lock (QEMU)");
+    if (::fcntl(file.fd(), F_OFD_GETLK, &request) == 0 && request.l_type != F_UNLCK)
+        return request.l_type == F_WRLCK ? std::string("exclusive lock (another vmcrypt run)")
+                                         : std::string("shared lock (QEMU)");
+
+    // flock(2) has no query, so try a shared lock and drop it at once. It writes nothing to the file.
+    if (::flock(file.fd(), LOCK_SH | LOCK_NB) != 0)
+        return errno == EWOULDBLOCK ? std::optional<std::string>("exclusive flock(2) lock (a script or another "
+                                                                 "program)")
+                                    : std::nullopt;
+    ::flock(file.fd(), LOCK_UN);
+    return std::nullopt;
 }
 
 std::optional<std::filesystem::path> find_vmware_lock(const std::filesystem::path& file)

@@ -40,6 +40,8 @@ public:
     std::string tweak_rule() const override;
     // QEMU decrypts every allocated unit, zeros included.
     std::string zero_unit_rule() const override { return "encrypted"; }
+    // QEMU writes the image it opens with the secret.
+    bool data_changes_while_encrypted() const override { return true; }
     std::optional<RecordFields> record() const override { return record_; }
     MetadataWrite record_update(const std::optional<RecordFields>& fields) const override;
     void apply(const MetadataWrite& update) override;

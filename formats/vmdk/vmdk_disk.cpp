@@ -25,6 +25,28 @@ std::vector<VmdkDisk::ExtentFile> VmdkDisk::extent_files()
     return result;
 }
 
+// The way out when the record does not fit the descriptor. A disk that is encrypted now must never be
+// copied with qemu-img convert: the copy gets a new descriptor without the record, so nothing could
+// decrypt it.
+std::string VmdkDisk::descriptor_room_hint(const std::optional<RecordFields>& fields) const
+{
+    std::size_t slots = 0;
+    if (fields)
+        for (const auto& [name, value] : *fields)
+            if (name.starts_with("keySlot."))
+                ++slots;
+    const std::string fewer_slots = slots > 1 ? "use fewer key slots, or " : "";
+
+    if (record())
+        return fewer_slots + "decrypt the disk, convert it to one with a separate descriptor (qemu-img convert -O "
+                             "vmdk -o subformat=monolithicFlat " + name_ + " new.vmdk) and encrypt the copy; do not "
+                             "convert it while it is encrypted, because the copy would lose the encryption record";
+    if (!embedded_)
+        return fewer_slots.empty() ? "the record cannot be smaller" : "use fewer key slots";
+    return fewer_slots + "convert the disk to one with a separate descriptor first: qemu-img convert -O vmdk -o "
+                         "subformat=monolithicFlat " + name_ + " new.vmdk";
+}
+
 MetadataWrite VmdkDisk::record_update(const std::optional<RecordFields>& fields) const
 {
     Descriptor updated = descriptor_;
@@ -41,9 +63,7 @@ MetadataWrite VmdkDisk::record_update(const std::optional<RecordFields>& fields)
         if (needed > embedded_->size)
             throw InvalidInput(name_ + ": embedded descriptor: the descriptor with the vmcrypt record needs " +
                                std::to_string(needed) + " bytes, but descriptorSize reserves only " +
-                               std::to_string(embedded_->size) +
-                               "; use fewer key slots, or convert the disk to one with a separate descriptor: "
-                               "qemu-img convert -O vmdk -o subformat=monolithicFlat " + name_ + " new.vmdk");
+                               std::to_string(embedded_->size) + "; " + descriptor_room_hint(fields));
         // NOTE: the whole area after the text becomes NULs. Characters that qemu leaves behind the NUL
         // when it shortens the CID line therefore do not survive a record round trip, but the text does.
         write.offset = embedded_->offset;
@@ -55,8 +75,8 @@ MetadataWrite VmdkDisk::record_update(const std::optional<RecordFields>& fields)
     std::string bytes = updated.serialize();
     if (bytes.size() >= max_descriptor_file_size)
         throw InvalidInput(name_ + ": descriptor: the descriptor with the vmcrypt record would be " +
-                           std::to_string(bytes.size()) + " bytes, but a descriptor file must be smaller than 1 MiB; "
-                           "use fewer key slots");
+                           std::to_string(bytes.size()) + " bytes, but a descriptor file must be smaller than 1 MiB; " +
+                           descriptor_room_hint(fields));
     write.offset = 0;
     write.bytes.assign(bytes.begin(), bytes.end());
     write.truncate_to = bytes.size();

@@ -50,6 +50,7 @@ public:
     std::vector<ExtentFile> extent_files();
 
 private:
+    std::string descriptor_room_hint(const std::optional<RecordFields>& fields) const;
     // The embedded descriptor's reserved area in files_[0], in bytes.
     struct EmbeddedArea {
         std::uint64_t offset = 0;

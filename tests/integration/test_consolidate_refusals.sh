@@ -138,7 +138,7 @@ odd_child="$dir/$(printf 'c\033x.vmdk')"
 (cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk "$(basename "$odd_child")")
 save_dir_state "$dir" "$TEST_TMP/state.before"
 expect_exit 3 "$VMCRYPT" encrypt "$dir/base.vmdk"
-expect_stderr_contains "$odd_child"
+expect_stderr_contains "$dir/c\x1bx.vmdk"  # the message shows the ESC byte escaped
 expect_dir_unchanged "$dir" "$TEST_TMP/state.before" "the rejected encrypt under an unparsable snapshot"
 expect_exit 0 "$VMCRYPT" --json inspect "$dir/base.vmdk"
 "$PYTHON" -c 'import json, sys; assert sys.argv[1] in json.load(sys.stdin)["children"]' "$odd_child" \

@@ -65,6 +65,20 @@ expect_exit 5 "$VMCRYPT" encrypt "$disk"
 expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "encrypt of a monolithicFlat disk that qemu-io holds open"
 release_image
 
+# A whole-file flock(2) lock, as flock(1) wrappers and backup scripts take it, on the descriptor or on
+# the flat extent: rejected with exit 5, and inspect names it.
+for locked in disk.vmdk disk-flat.vmdk; do
+    exec {flock_fd}<"$dir/$locked"
+    flock --exclusive "$flock_fd"
+    expect_exit 5 "$VMCRYPT" encrypt "$disk"
+    expect_stderr_contains "flock"
+    expect_exit 0 "$VMCRYPT" inspect "$disk"
+    grep -q "flock" <<<"$LAST_STDOUT" || fail "inspect does not report the flock(2) lock on $locked: $LAST_STDOUT"
+    exec {flock_fd}<&-
+    expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "encrypt of a disk whose $locked another process flocks"
+done
+expect_exit 0 "$VMCRYPT" encrypt "$disk"
+
 # A VMware lock folder next to the disk: rejected with exit 5.
 dir="$TEST_TMP/vmware-lock"
 disk="$dir/disk.vmdk"
