@@ -118,11 +118,11 @@ int run_deep(const GlobalOptions& global, const RekeyCommandOptions& options, Ke
 
 // Returns the key options that a resumed deep rekey needs. These are the key that opens the disk and, when
 // given, the new key with its --new- prefix, because a resume must seal under the same new key.
-std::vector<std::string> rekey_resume_arguments(const RekeyCommandOptions& options)
+// The --new-* options of a rekey, as its resume hint repeats them.
+std::vector<std::string> new_key_resume_arguments(const RekeyCommandOptions& options)
 {
-    std::vector<std::string> words = resume_key_arguments(options.keys);
     if (!options.new_keys_given)
-        return words;
+        return {};
 
     std::vector<std::string> new_words = resume_key_arguments(options.new_keys);
     auto add = [&new_words](const char* name, const std::optional<std::string>& value) {
@@ -145,8 +145,7 @@ std::vector<std::string> rekey_resume_arguments(const RekeyCommandOptions& optio
             expecting_value = false;
         }
     }
-    words.insert(words.end(), new_words.begin(), new_words.end());
-    return words;
+    return new_words;
 }
 
 }  // namespace
@@ -154,7 +153,8 @@ std::vector<std::string> rekey_resume_arguments(const RekeyCommandOptions& optio
 int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options)
 {
     KeySources unlock = make_key_sources(options.keys, Operation::decrypt);
-    set_resume_key_arguments(rekey_resume_arguments(options));
+    set_resume_key_arguments(options.deep ? Operation::rekey : Operation::key_change,
+                             resume_key_arguments(options.keys), new_key_resume_arguments(options));
     // Without --new-* options a deep rekey keeps the KEKs, and a shallow one creates a key store KEK.
     KeySources seal;
     if (options.new_keys_given || !options.deep)
@@ -182,6 +182,7 @@ int run_rekey(const GlobalOptions& global, const RekeyCommandOptions& options)
 int run_keys_add(const GlobalOptions& global, const KeysCommandOptions& options)
 {
     KeySources unlock = make_key_sources(options.keys, Operation::decrypt);
+    set_resume_key_arguments(Operation::key_change, resume_key_arguments(options.keys));
     KeySources seal = make_key_sources(options.new_keys, Operation::encrypt);
     auto started = std::chrono::steady_clock::now();
     KeySlotRequest request;
@@ -194,6 +195,7 @@ int run_keys_add(const GlobalOptions& global, const KeysCommandOptions& options)
 int run_keys_remove(const GlobalOptions& global, const KeysCommandOptions& options)
 {
     KeySources unlock = make_key_sources(options.keys, Operation::decrypt);
+    set_resume_key_arguments(Operation::key_change, resume_key_arguments(options.keys));
     KeySources seal;
     auto started = std::chrono::steady_clock::now();
     KeySlotRequest request;

@@ -33,7 +33,7 @@ namespace {
 int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteCommandOptions& options)
 {
     KeySources sources = make_key_sources(options.keys, operation);
-    set_resume_key_arguments(resume_key_arguments(options.keys));
+    set_resume_key_arguments(operation, resume_key_arguments(options.keys));
     install_stop_handlers();
 
     ProgressReporter reporter(progress_mode(global), options.disk);

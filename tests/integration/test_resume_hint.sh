@@ -51,3 +51,31 @@ LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
 run_printed_hint "after an I/O error during a deep rekey"
 expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$disk"
 expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the resumed deep rekey"
+
+# Another command meets the unfinished operation. An unfinished encrypt is named with the key that
+# unlocks the disk, without the --new-* options of a rekey or keys add, which encrypt does not take.
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" encrypt --key-file kek.bin \
+    --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+for other in "rekey --key-file kek.bin --new-key-file new-kek.bin" "keys add --key-file kek.bin --new-key-file new-kek.bin"; do
+    read -r -a words <<<"$other"
+    (cd "$TEST_TMP" && expect_exit 7 "$VMCRYPT" "${words[@]}" "hint/my disk's \$(touch pwned).vmdk")
+    LAST_STDERR=$(cat "$TEST_TMP/last.stderr")
+    [[ $LAST_STDERR == *"finish it first with: vmcrypt encrypt --key-file kek.bin "* ]] ||
+        fail "expected $other to name the encrypt with its key: $LAST_STDERR"
+    [[ $LAST_STDERR != *"--new-key-file"* ]] || fail "the encrypt hint from $other names a --new-* option: $LAST_STDERR"
+done
+LAST_STDERR=${LAST_STDERR/finish it first with: /finish it first with: \`}\`
+run_printed_hint "after keys add met an unfinished encrypt"
+
+# An unfinished deep rekey opens only with a key of its new slots, so decrypt with the old key names
+# that key instead of repeating its own --key-file.
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" rekey --deep --key-file kek.bin \
+    --new-key-file new-kek.bin --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+expect_exit 7 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$disk"
+expect_stderr_contains "vmcrypt rekey --deep"
+expect_stderr_contains "new key slots"
+[[ $LAST_STDERR != *"--key-file $TEST_TMP/kek.bin"* ]] ||
+    fail "the deep rekey hint repeats decrypt's old key: $LAST_STDERR"
+expect_exit 0 "$VMCRYPT" rekey --deep --key-file "$TEST_TMP/new-kek.bin" "$disk"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$disk"
+expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the deep rekey finished with its new key"
