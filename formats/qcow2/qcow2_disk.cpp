@@ -70,6 +70,20 @@ std::vector<std::uint8_t> read_cluster0(const File& file)
     return bytes;
 }
 
+std::string QcowDisk::qemu_img_command(const std::string& subcommand) const
+{
+    if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::luks)
+        return "qemu-img " + subcommand + " " + name_;
+
+    // qemu-img needs the LUKS secret, read from a file so that it stays off the command line.
+    const bool vmcrypt_record = header_.find_extension(ext_vmcrypt) || header_.find_extension(ext_vmcrypt_record_pointer);
+    const std::string secret_file = vmcrypt_record
+                                        ? "(write sec.txt with: vmcrypt qemu-secret -o sec.txt " + name_ + ")"
+                                        : "(sec.txt holding the image's LUKS passphrase)";
+    return "qemu-img " + subcommand + " --object secret,id=sec0,file=sec.txt --image-opts driver=qcow2,file.filename=" +
+           name_ + ",encrypt.key-secret=sec0 " + secret_file;
+}
+
 std::unique_ptr<QcowDisk> QcowDisk::open(File file, const std::filesystem::path& path)
 {
     std::unique_ptr<QcowDisk> disk(new QcowDisk());
@@ -99,15 +113,20 @@ void QcowDisk::load(bool check_state)
     snapshots_ = read_snapshots(file, header_, name_);
     if (writing && check_state) {
         if (header_.incompatible_features & incompat_corrupt)
-            throw WrongDiskState(name_ + ": qcow2 header: the corrupt bit is set; repair the image with: "
-                                         "qemu-img check -r all " + name_);
+            throw WrongDiskState(name_ + ": qcow2 header: the corrupt bit is set; repair the image with: " +
+                                 qemu_img_command("check -r all"));
         if (header_.incompatible_features & incompat_dirty)
             throw WrongDiskState(name_ + ": qcow2 header: the dirty bit is set (lazy refcounts were not written "
-                                         "back); repair the image with: qemu-img check -r all " + name_);
+                                         "back); repair the image with: " + qemu_img_command("check -r all"));
         if (header_.incompatible_features & incompat_data_file)
             throw UnsupportedInput(name_ + ": qcow2 header: the image keeps its data in an external data file, "
                                            "which vmcrypt does not rewrite; convert it with: qemu-img convert -O qcow2 " +
                                            name_ + " new.qcow2");
+        if (header_.nb_snapshots > 0 && static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::luks)
+            throw WrongDiskState(name_ + ": the image has " + std::to_string(header_.nb_snapshots) +
+                                 " internal snapshots, which vmcrypt does not merge while the image is encrypted; "
+                                 "delete each with: " + qemu_img_command("snapshot -d TAG") + " (" +
+                                 qemu_img_command("snapshot -l") + " lists the tags)");
         if (header_.nb_snapshots > 0)
             throw WrongDiskState(name_ + ": the image has " + std::to_string(header_.nb_snapshots) +
                                  " internal snapshots; delete them first with: vmcrypt consolidate-snapshots " + name_ +

@@ -36,6 +36,21 @@ qemu-img compare -f qcow2 -F raw "$image" "$TEST_TMP/guest-view.raw" >"$TEST_TMP
 qemu-img check "$image" >"$TEST_TMP/check.out" 2>&1 ||
     fail "qemu-img check of the decrypted qcow2 failed: $(cat "$TEST_TMP/check.out")"
 
+# QEMU left the dirty bit (lazy refcounts) on the encrypted image: decrypt names a qemu-img repair that
+# reads the secret from a file, and that repair makes the image decryptable.
+image="$TEST_TMP/dirty.qcow2"
+qemu-img create -q -f qcow2 -o lazy_refcounts=on "$image" 16M
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' "$image" >/dev/null
+expect_exit 0 "$VMCRYPT" encrypt --quiet --key-file "$TEST_TMP/disk.key" "$image"
+write_be_integer "$image" 72 8 1
+expect_exit 3 "$VMCRYPT" decrypt --key-file "$TEST_TMP/disk.key" "$image"
+expect_stderr_contains "qemu-img check -r all --object secret,id=sec0,file=sec.txt --image-opts"
+expect_stderr_contains "vmcrypt qemu-secret -o sec.txt"
+(cd "$TEST_TMP" && rm -f sec.txt && "$VMCRYPT" qemu-secret -o sec.txt --key-file disk.key "$image" &&
+    qemu-img check -r all --object secret,id=sec0,file=sec.txt \
+        --image-opts "driver=qcow2,file.filename=$image,encrypt.key-secret=sec0" >/dev/null)
+expect_exit 0 "$VMCRYPT" decrypt --quiet --key-file "$TEST_TMP/disk.key" "$image"
+
 # VMDK: a stray 4 KiB write into the ciphertext, as a VM started on the encrypted disk by mistake makes.
 dir="$TEST_TMP/vmdk"
 mkdir "$dir"
