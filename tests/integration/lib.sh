@@ -393,7 +393,7 @@ convert_flat_to_vmfs() {
 # same data through the copy.
 qemu_view_of() {
     local disk=$1
-    if ! read_descriptor "$disk" | grep -q '^createType="vmfsThin"'; then
+    if ! read_descriptor "$disk" | grep '^createType="vmfsThin"' >/dev/null; then
         echo "$disk"
         return
     fi

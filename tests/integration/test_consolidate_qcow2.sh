@@ -15,7 +15,7 @@ expect_ext4_with_added_files() {
     e2fsck -fn "$raw" >"$TEST_TMP/e2fsck.out" 2>&1 || fail "e2fsck found errors $context: $(cat "$TEST_TMP/e2fsck.out")"
     local file
     for file in added-in-mid.txt added-in-top.txt marker.txt; do
-        debugfs -R "stat /$file" "$raw" 2>/dev/null | grep -q "Inode:" || fail "$context: /$file is missing from the ext4 file system"
+        debugfs -R "stat /$file" "$raw" 2>/dev/null | grep "Inode:" >/dev/null || fail "$context: /$file is missing from the ext4 file system"
     done
 }
 

@@ -103,7 +103,7 @@ echo "$LAST_STDOUT" >"$TEST_TMP/inspect.json"
 [[ $(json_path "$TEST_TMP/inspect.json" qcow2.extensions) != *'"0x766d6372"'* ]] ||
     fail "cluster-512: the record itself must not be in cluster 0"
 area_offset=$(json_path "$TEST_TMP/inspect.json" qcow2.luksArea.offset)
-dd if="$image" bs=512 skip=$((area_offset / 512 + 2)) count=6 status=none | grep -qa "^state=encrypted" ||
+dd if="$image" bs=512 skip=$((area_offset / 512 + 2)) count=6 status=none | grep -a "^state=encrypted" >/dev/null ||
     fail "cluster-512: the record is not in sectors 2 to 7 of the LUKS area"
 
 secret=$("$VMCRYPT" qemu-secret "$image")
@@ -127,7 +127,7 @@ expect_exit 0 "$VMCRYPT" inspect --json "$image"
 echo "$LAST_STDOUT" >"$TEST_TMP/inspect.json"
 new_area_offset=$(json_path "$TEST_TMP/inspect.json" qcow2.luksArea.offset)
 [[ $new_area_offset != "$area_offset" ]] || fail "cluster-512: the deep rekey kept the old LUKS area"
-dd if="$image" bs=512 skip=$((new_area_offset / 512 + 2)) count=6 status=none | grep -qa "^state=encrypted" ||
+dd if="$image" bs=512 skip=$((new_area_offset / 512 + 2)) count=6 status=none | grep -a "^state=encrypted" >/dev/null ||
     fail "cluster-512: the record is not in sectors 2 to 7 of the new LUKS area after a deep rekey"
 
 expect_exit 0 "$VMCRYPT" keys add --new-key-file "$TEST_TMP/extra.key" "$image"
