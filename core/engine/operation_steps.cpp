@@ -122,18 +122,17 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
                                        RewriteOptions& options)
 {
     record.state = RecordState::encrypted;
-    if (disk.data_changes_while_encrypted()) {
-        record.data_check.clear();
-        record.seal(dek);
-        return disk.record_update(record.to_fields());
-    }
-
-    record.data_check = std::string(44, 'A');
+    // A format whose data QEMU rewrites gets no dataCheck (see Disk::data_changes_while_encrypted). The
+    // final write is still made at the end: a qcow2 header names areas that a resumed run only learns
+    // from the journaled start write.
+    const bool bind_to_data = !disk.data_changes_while_encrypted();
+    record.data_check = bind_to_data ? std::string(44, 'A') : std::string();
     record.seal(dek);
     MetadataWrite placeholder = disk.record_update(record.to_fields());
 
-    options.make_final_metadata = [&disk, record, &dek]() mutable {
-        record.data_check = compute_data_check(disk, dek);
+    options.make_final_metadata = [&disk, record, &dek, bind_to_data]() mutable {
+        if (bind_to_data)
+            record.data_check = compute_data_check(disk, dek);
         record.seal(dek);
         return disk.record_update(record.to_fields());
     };
