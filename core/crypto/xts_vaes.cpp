@@ -12,6 +12,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include <cpuid.h>
 #include <immintrin.h>
 #define VMCRYPT_XTS_VAES 1
 #else
@@ -135,10 +136,28 @@ VMCRYPT_TARGET_VAES void process_units(const std::uint8_t (*round_keys)[16], std
 
 bool vaes_available() noexcept
 {
-    // GCC's checks include the operating system's support for the AVX-512 register state (XCR0).
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("vaes") &&
-           __builtin_cpu_supports("aes");
+    // CPUID directly, because clang 14's __builtin_cpu_supports does not know "vaes".
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return false;
+    const bool aes = ecx & (1u << 25);
+    const bool osxsave = ecx & (1u << 27);
+    if (!aes || !osxsave)
+        return false;
+
+    // The operating system must save the AVX-512 register state: XCR0 bits 1 and 2 (SSE and AVX) and
+    // 5 to 7 (opmask and the upper ZMM registers).
+    unsigned xcr0_low = 0, xcr0_high = 0;
+    __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    if ((xcr0_low & 0xe6) != 0xe6)
+        return false;
+
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return false;
+    const bool avx512f = ebx & (1u << 16);
+    const bool avx512bw = ebx & (1u << 30);
+    const bool vaes = ecx & (1u << 9);
+    return avx512f && avx512bw && vaes;
 }
 
 VMCRYPT_TARGET_AES void expand_key(const std::uint8_t* key, RoundKeys& keys) noexcept
