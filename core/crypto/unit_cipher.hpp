@@ -31,7 +31,7 @@ public:
 // the wrong size.
 std::unique_ptr<UnitCipher> make_unit_cipher(const std::string& name, std::span<const std::uint8_t> key);
 
-// The key size in bytes of a cipher that make_unit_cipher() knows. Throws UnsupportedInput otherwise.
+// The key size in bytes of a cipher that make_unit_cipher() supports. Throws UnsupportedInput otherwise.
 std::size_t unit_cipher_key_size(const std::string& name);
 
 }  // namespace vmcrypt

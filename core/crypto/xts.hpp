@@ -24,7 +24,7 @@ namespace xts_vaes {
 struct RoundKeys;
 }
 
-// Which code encrypts the data blocks of encrypt_units() and decrypt_units(). fastest takes VAES on
+// The code that encrypts the data blocks of encrypt_units() and decrypt_units(). fastest takes VAES on
 // 512-bit vectors where the CPU has AVX-512F, AVX-512BW and VAES, and Botan's AES otherwise. botan_aes
 // always takes Botan's AES, so that tests can compare the two.
 enum class XtsBackend { fastest, botan_aes };

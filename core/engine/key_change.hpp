@@ -26,7 +26,7 @@ void commit_key_change(Disk& disk, const SecureBytes& dek, const EncryptionRecor
 // Gives a disk with foreign encryption that vmcrypt can adopt (Disk::foreign_adoptable(), a QEMU LUKS
 // qcow2) vmcrypt's key slots without rewriting its data. The foreign data key, unlocked with the
 // passphrase among `unlock`, becomes the DEK, and `seal` gives one slot per source. The record goes
-// through commit_key_change(). Its journal also holds a passphrase slot for the foreign passphrase
+// through commit_key_change(). Its journal also contains a passphrase slot for the foreign passphrase
 // (never written to the disk), so re-running the command with the same options finishes an
 // interrupted adoption. The disk is open read-write and locked; `report` receives the slots.
 void adopt_foreign_encryption(Disk& disk, KeySources& unlock, KeySources& seal, KeySlotReport& report,

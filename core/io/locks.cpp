@@ -38,12 +38,12 @@ void lock_exclusive(File& file)
     }
 
     // Scripts and backup jobs serialise on whole-file flock(2) locks, which Linux keeps apart from OFD
-    // locks. Taking one too makes vmcrypt reject a disk that such a job holds, and the job sees vmcrypt.
+    // locks. Taking one too makes vmcrypt reject a disk that such a job has locked, and the job finds vmcrypt's lock.
     // NOTE: on NFS, Linux emulates flock(2) with a whole-file byte-range lock, which conflicts with the OFD
     // lock above, so there every disk reads as in use. Local file systems are not affected.
     if (::flock(file.fd(), LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK)
-            throw DiskInUse(file.path().string() + ": another process holds a flock(2) lock on the file (a "
+            throw DiskInUse(file.path().string() + ": the disk is in use: another process has a flock(2) lock on the file (a "
                             "script or backup job using flock); wait for it to finish and retry");
         throw IoError(file.path().string() + ": locking failed: " + std::strerror(errno));
     }

@@ -135,7 +135,7 @@ void finish_switch(const MergeIntent& intent, const std::filesystem::path& inten
     std::error_code exists_error;
     if (intent.strategy == MergeStrategy::stream && std::filesystem::exists(intent.top, exists_error)) {
         // The top becomes the disk: first it stops naming a backing file, then it gets the base's name.
-        // Until the rename the base is untouched, and after it the top's name is gone, so a re-run sees
+        // Until the rename the base is untouched, and after it the top's name is gone, so a re-run can tell
         // from the files which step is left.
         File top = File::open(intent.top, Access::read_write);
         lock_exclusive(top);
@@ -196,7 +196,7 @@ void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesys
     }
     fault_point("qcow2-consolidate-copied");
 
-    // COMMIT POINT: the target (the base for commit, the top for stream) holds the top's guest view
+    // COMMIT POINT: the target (the base for commit, the top for stream) contains the top's guest view
     // durably and on its own.
     intent.phase = MergePhase::switch_files;
     write_merge_intent(intent_path, intent);

@@ -37,7 +37,7 @@ inline constexpr std::uint32_t ext_vmcrypt = 0x766d6372;
 // length, big-endian). Present only while vmcrypt's guard is set; the final header write of the rekey
 // moves it into the crypto extension. "vmcn" in ASCII.
 inline constexpr std::uint32_t ext_vmcrypt_next_luks = 0x766d636e;
-// Where the vmcrypt record is when it does not fit in cluster 0 (512-byte clusters): offset and length,
+// The location of the vmcrypt record when it does not fit in cluster 0 (512-byte clusters): offset and length,
 // big-endian, of the record bytes inside the LUKS area the crypto extension names. "vmrp" in ASCII.
 inline constexpr std::uint32_t ext_vmcrypt_record_pointer = 0x766d7270;
 

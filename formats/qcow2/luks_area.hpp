@@ -16,7 +16,7 @@ std::uint64_t luks_area_size();
 // Builds the area for `dek` (the LUKS master key) with key slot 0 opened by derive_qemu_secret(dek).
 std::vector<std::uint8_t> build_qemu_luks_area(const SecureBytes& dek);
 
-// Where the vmcrypt record lives when cluster 0 has no room for it (512-byte clusters): sectors 2 to 7
+// The location of the vmcrypt record when cluster 0 has no room for it (512-byte clusters): sectors 2 to 7
 // of the LUKS area, between the 592-byte LUKS1 phdr and the key material of slot 0 at sector 8. LUKS1
 // leaves these sectors as alignment padding, qemu-img check counts them as part of the crypto
 // extension's range, and QEMU writes only the phdr and key material there (QEMU 7.2).

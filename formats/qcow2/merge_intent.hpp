@@ -12,7 +12,7 @@ namespace vmcrypt::qcow2 {
 
 enum class MergePhase { copy, switch_files };
 
-// Which way the data moves. QEMU names the two block jobs the same way.
+// The direction the data moves in. QEMU names its two block jobs the same way.
 enum class MergeStrategy {
     commit,  // the overlays' data is written into the base
     stream,  // the data below the top is written into the top, which then replaces the base file

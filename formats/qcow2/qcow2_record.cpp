@@ -151,7 +151,7 @@ MetadataWrite QcowDisk::record_update_in_luks_area(const RecordFields& fields) c
                            "cluster_size=65536 " + name_ + " new.qcow2");
 
     // An area that is on disk already (QEMU's, or the one of an encrypted image) must leave the record
-    // sectors free; vmcrypt's own areas always do.
+    // sectors free. vmcrypt's own areas always do.
     const CryptoHeaderPointer area = header_for(fields).crypto_header().value_or(CryptoHeaderPointer{});
     const bool written = header_.crypto_header() && header_.crypto_header()->offset == area.offset;
     if (written) {
@@ -194,9 +194,9 @@ void QcowDisk::apply(const MetadataWrite& update)
 void QcowDisk::apply_record_in_luks_area(const MetadataWrite& update)
 {
     File& file = *file_;
-    // The area the record belongs to: the one the header names, the next one of a deep rekey, the one
-    // this encrypt prepared, or, when a resumed encrypt replays its start write, a vmcrypt area that
-    // prepare_encrypt wrote and no header names yet.
+    // The area the record belongs to. It is the one the header names, the next one of a deep rekey, or
+    // the one this encrypt prepared. When a resumed encrypt replays its start write, it is a vmcrypt
+    // area that prepare_encrypt wrote and no header names yet.
     const CryptoHeaderPointer area{update.offset - std::min(update.offset, luks_record_offset), luks_area_size()};
     auto names_area = [&](const std::optional<CryptoHeaderPointer>& known) {
         return known && known->offset == area.offset;
@@ -219,9 +219,9 @@ void QcowDisk::apply_record_in_luks_area(const MetadataWrite& update)
     const std::vector<std::uint8_t> header = header_bytes_for(fields);
 
     // The header first, then the record. A crash in between leaves a header that names record sectors
-    // with the previous record (or none, which fails to parse so the journal replays this write), and
-    // the record sectors only ever match this write once the header is on disk. So a resume that finds
-    // the record written knows the header is written too.
+    // with the previous record, or with none, which fails to parse so the journal replays this write.
+    // The record sectors match this write only once the header is on disk, so a resume that finds the
+    // record written can rely on the header being written too.
     write_header(header);
     fault_point("qcow2-record-header-written");
     file.write_exact(update.offset, update.bytes);
