@@ -11,7 +11,11 @@
 # for the sparse base, commit for the flat one. Prints both times and their ratio (target: vmcrypt
 # >= 2x), and checks that both bases are identical to the top's data.
 #
-# Usage: bench/consolidate_vs_qemu_img_commit.sh [VMCRYPT_BINARY] [SIZE_GIB] [DIR]
+# Each case runs RUNS A/B pairs on fresh copies, the tool that goes first alternating between runs.
+# Before each tool starts, its copy is synced and its pages are dropped from the page cache, so
+# neither tool reads what the other's copy step left cached.
+#
+# Usage: bench/consolidate_vs_qemu_img_commit.sh [VMCRYPT_BINARY] [SIZE_GIB] [DIR] [RUNS]
 # SUBFORMATS (environment) limits the cases, for example SUBFORMATS=qcow2.
 # DIR defaults to /var/tmp, a disk file system on Debian; give /dev/shm for tmpfs, where syncs cost
 # nothing. Needs: qemu-utils, bc, about 5 x SIZE_GIB free in DIR.
@@ -20,6 +24,7 @@ set -euo pipefail
 vmcrypt=${1:-build/tools/vmcrypt}
 size_gib=${2:-1}
 folder=${3:-/var/tmp}
+runs=${4:-1}
 size=$((size_gib << 30))
 vmcrypt=$(readlink -f "$vmcrypt")
 
@@ -36,6 +41,26 @@ seconds_of() {
   "$@" >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
   end=$(date +%s.%N)
   echo "$end - $start" | bc -l
+}
+
+# cold COPY_DIR: make a copy's files durable and drop their cached pages.
+cold() {
+  local file
+  sync "$1"/*
+  for file in "$1"/*; do
+    dd if="$file" iflag=nocache count=0 status=none
+  done
+}
+
+# run_vmcrypt / run_qemu: time one tool on its copy, cold.
+run_vmcrypt() {
+  cold vmcrypt-copy
+  vmcrypt_seconds=$(seconds_of "$vmcrypt" consolidate-snapshots --quiet "vmcrypt-copy/$top")
+}
+run_qemu() {
+  cold qemu-copy
+  qemu_seconds=$(seconds_of sh -c "qemu-img commit -q -d -f $format qemu-copy/$top && rm qemu-copy/$top &&
+    sync qemu-copy")
 }
 
 printf 'data: %d GiB of random bytes in one delta, in %s (%s, %s cores)\n' "$size_gib" "$folder" \
@@ -60,20 +85,26 @@ for subformat in ${SUBFORMATS:-monolithicSparse monolithicFlat qcow2}; do
     qemu-io -f "$format" -c "write -q -s ../random.raw 32M $size" "$top"
   )
   qemu-img convert -f "$format" -O raw "chain/$top" expected.raw
+  for ((run = 1; run <= runs; ++run)); do
+  rm -rf vmcrypt-copy qemu-copy
   cp -a chain vmcrypt-copy
   cp -a chain qemu-copy
-  sync
-
-  vmcrypt_seconds=$(seconds_of "$vmcrypt" consolidate-snapshots --quiet "vmcrypt-copy/$top")
-  qemu_seconds=$(seconds_of sh -c "qemu-img commit -q -d -f $format qemu-copy/$top && rm qemu-copy/$top &&
-    sync qemu-copy")
+  if ((run % 2)); then
+    run_vmcrypt
+    run_qemu
+  else
+    run_qemu
+    run_vmcrypt
+  fi
 
   qemu-img compare -q -f "$format" -F raw "vmcrypt-copy/$base" expected.raw ||
     { echo "vmcrypt's merged base differs from the top's data" >&2; exit 1; }
   qemu-img compare -q -f "$format" -F raw "qemu-copy/$base" expected.raw ||
     { echo "qemu-img commit's base differs from the top's data" >&2; exit 1; }
-  rm -f expected.raw
 
-  printf '%-17s vmcrypt consolidate-snapshots %6.2f s   qemu-img commit + rm %6.2f s   ratio %5.2f  (target >= 2)\n' \
-    "$subformat:" "$vmcrypt_seconds" "$qemu_seconds" "$(echo "$qemu_seconds / $vmcrypt_seconds" | bc -l)"
+  printf '%-17s run %d  vmcrypt consolidate-snapshots %6.2f s   qemu-img commit + rm %6.2f s   ratio %5.2f  (target >= 2)\n' \
+    "$subformat:" "$run" "$vmcrypt_seconds" "$qemu_seconds" "$(echo "$qemu_seconds / $vmcrypt_seconds" | bc -l)"
+  done
+  rm -f expected.raw
 done
+printf 'load average now %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
