@@ -4,7 +4,35 @@
 #include "core/crypto/xts.hpp"
 #include "core/error.hpp"
 
+#include <cstring>
+#include <stdexcept>
+
 namespace vmcrypt {
+
+void check_same_size(std::span<const std::uint8_t> input, std::span<const std::uint8_t> output)
+{
+    if (input.size() != output.size())
+        throw std::invalid_argument("unit cipher: input of " + std::to_string(input.size()) + " bytes for an output of " +
+                                    std::to_string(output.size()) + " bytes");
+}
+
+void UnitCipher::encrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                    std::uint64_t first_sector) const
+{
+    check_same_size(input, output);
+    if (!input.empty())
+        std::memcpy(output.data(), input.data(), input.size());
+    encrypt_units(output, first_sector);
+}
+
+void UnitCipher::decrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                    std::uint64_t first_sector) const
+{
+    check_same_size(input, output);
+    if (!input.empty())
+        std::memcpy(output.data(), input.data(), input.size());
+    decrypt_units(output, first_sector);
+}
 
 std::size_t unit_cipher_key_size(const std::string& name)
 {

@@ -24,7 +24,18 @@ public:
     // the last unit's sector number would exceed 2^64 - 1.
     virtual void encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const = 0;
     virtual void decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const = 0;
+
+    // Transform `input` into `output`, which must have the same size and must not overlap it. The rewrite
+    // engine reads old content through a file mapping and transforms it straight into its write buffer.
+    // This default copies, then transforms in place. Throws std::invalid_argument on a size mismatch.
+    virtual void encrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                    std::uint64_t first_sector) const;
+    virtual void decrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                    std::uint64_t first_sector) const;
 };
+
+// Throws std::invalid_argument unless `input` and `output` have the same size.
+void check_same_size(std::span<const std::uint8_t> input, std::span<const std::uint8_t> output);
 
 // Creates the cipher that a record's cipher field names: "aes-xts-plain64" (64-byte key) or
 // "aes-cbc-plain64" (16-byte key). Throws UnsupportedInput for another name, BadKeyLength for a key of

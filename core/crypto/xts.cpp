@@ -235,10 +235,11 @@ void process_chunk(const Botan::BlockCipher& data_cipher, Direction direction, s
     xor_tweaks(chunk, tweaks, unit_count * xts_unit_size);
 }
 
-// Processes the units of `data` in place. Unit i has the plain64 tweak first_sector + i.
+// Processes the units of `input` into `data`, which has the same size; `input` may be `data` itself
+// (in place) or a buffer that does not overlap it. Unit i has the plain64 tweak first_sector + i.
 void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCipher& tweak_cipher,
-                   const xts_vaes::RoundKeys* vaes_keys, Direction direction, std::span<std::uint8_t> data,
-                   std::uint64_t first_sector)
+                   const xts_vaes::RoundKeys* vaes_keys, Direction direction, const std::uint8_t* input,
+                   std::span<std::uint8_t> data, std::uint64_t first_sector)
 {
     if (data.size() % xts_unit_size != 0)
         throw std::invalid_argument("AES-XTS: data size " + std::to_string(data.size()) +
@@ -265,14 +266,19 @@ void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCiph
         }
         tweak_cipher.encrypt_n(initial_tweaks, initial_tweaks, batch_units);
 
+        std::uint8_t* const batch = data.data() + batch_first * xts_unit_size;
+        const std::uint8_t* const batch_input = input + batch_first * xts_unit_size;
         if (vaes_keys) {
-            std::uint8_t* batch = data.data() + batch_first * xts_unit_size;
             if (direction == Direction::encrypt)
-                xts_vaes::encrypt_units(*vaes_keys, batch, batch_units, initial_tweaks);
+                xts_vaes::encrypt_units(*vaes_keys, batch_input, batch, batch_units, initial_tweaks);
             else
-                xts_vaes::decrypt_units(*vaes_keys, batch, batch_units, initial_tweaks);
+                xts_vaes::decrypt_units(*vaes_keys, batch_input, batch, batch_units, initial_tweaks);
             continue;
         }
+
+        // Botan's AES works in place, so the batch is copied first; only CPUs without VAES pay for it.
+        if (batch_input != batch)
+            std::memcpy(batch, batch_input, batch_units * xts_unit_size);
 
         for (std::size_t chunk_first = 0; chunk_first < batch_units; chunk_first += units_per_chunk) {
             const std::size_t first_unit = batch_first + chunk_first;
@@ -352,12 +358,26 @@ XtsCipher::~XtsCipher() = default;
 
 void XtsCipher::encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
 {
-    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::encrypt, data, first_sector);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::encrypt, data.data(), data, first_sector);
 }
 
 void XtsCipher::decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const
 {
-    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::decrypt, data, first_sector);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::decrypt, data.data(), data, first_sector);
+}
+
+void XtsCipher::encrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                   std::uint64_t first_sector) const
+{
+    check_same_size(input, output);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::encrypt, input.data(), output, first_sector);
+}
+
+void XtsCipher::decrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                                   std::uint64_t first_sector) const
+{
+    check_same_size(input, output);
+    process_units(*data_cipher_, *tweak_cipher_, vaes_keys_, Direction::decrypt, input.data(), output, first_sector);
 }
 
 void XtsCipher::encrypt_unit(std::span<std::uint8_t> data, std::span<const std::uint8_t, 16> tweak) const

@@ -44,6 +44,12 @@ public:
     void encrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const override;
     void decrypt_units(std::span<std::uint8_t> data, std::uint64_t first_sector) const override;
 
+    // Out of place, without a copy on CPUs with VAES.
+    void encrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                            std::uint64_t first_sector) const override;
+    void decrypt_units_from(std::span<const std::uint8_t> input, std::span<std::uint8_t> output,
+                            std::uint64_t first_sector) const override;
+
     // One data unit of any multiple of 16 bytes with an explicit 16-byte tweak value; for known-answer
     // tests with the IEEE 1619 vectors, whose units are not all 512 bytes. Throws std::invalid_argument
     // unless the unit is 1 to 2^20 blocks (no ciphertext stealing).

@@ -93,16 +93,18 @@ VMCRYPT_TARGET_VAES __m512i first_tweak_vector(const std::uint8_t* initial_tweak
 
 enum class Direction { encrypt, decrypt };
 
+// `input` and `output` may be the same buffer. Each unit is read whole before its first byte is written.
 template <Direction D>
-VMCRYPT_TARGET_VAES void process_units(const std::uint8_t (*round_keys)[16], std::uint8_t* data, std::size_t unit_count,
-                                       const std::uint8_t* initial_tweaks)
+VMCRYPT_TARGET_VAES void process_units(const std::uint8_t (*round_keys)[16], const std::uint8_t* input,
+                                       std::uint8_t* output, std::size_t unit_count, const std::uint8_t* initial_tweaks)
 {
     __m512i keys[rounds + 1];
     for (int r = 0; r <= rounds; ++r)
         keys[r] = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(round_keys[r])));
 
     for (std::size_t unit = 0; unit < unit_count; ++unit) {
-        std::uint8_t* const unit_data = data + unit * unit_size;
+        const std::uint8_t* const unit_input = input + unit * unit_size;
+        std::uint8_t* const unit_output = output + unit * unit_size;
         __m512i tweaks[vectors_per_unit];
         tweaks[0] = first_tweak_vector(initial_tweaks + unit * 16);
         for (int k = 1; k < vectors_per_unit; ++k)
@@ -110,8 +112,8 @@ VMCRYPT_TARGET_VAES void process_units(const std::uint8_t (*round_keys)[16], std
 
         __m512i blocks[vectors_per_unit];
         for (int k = 0; k < vectors_per_unit; ++k) {
-            const __m512i input = _mm512_loadu_si512(unit_data + 64 * k);
-            blocks[k] = _mm512_xor_si512(input, _mm512_xor_si512(tweaks[k], keys[0]));
+            const __m512i plain = _mm512_loadu_si512(unit_input + 64 * k);
+            blocks[k] = _mm512_xor_si512(plain, _mm512_xor_si512(tweaks[k], keys[0]));
         }
         for (int r = 1; r < rounds; ++r) {
             for (int k = 0; k < vectors_per_unit; ++k) {
@@ -122,12 +124,12 @@ VMCRYPT_TARGET_VAES void process_units(const std::uint8_t (*round_keys)[16], std
             }
         }
         for (int k = 0; k < vectors_per_unit; ++k) {
-            __m512i output;
+            __m512i last_round;
             if constexpr (D == Direction::encrypt)
-                output = _mm512_aesenclast_epi128(blocks[k], keys[rounds]);
+                last_round = _mm512_aesenclast_epi128(blocks[k], keys[rounds]);
             else
-                output = _mm512_aesdeclast_epi128(blocks[k], keys[rounds]);
-            _mm512_storeu_si512(unit_data + 64 * k, _mm512_xor_si512(output, tweaks[k]));
+                last_round = _mm512_aesdeclast_epi128(blocks[k], keys[rounds]);
+            _mm512_storeu_si512(unit_output + 64 * k, _mm512_xor_si512(last_round, tweaks[k]));
         }
     }
 }
@@ -186,16 +188,16 @@ VMCRYPT_TARGET_AES void expand_key(const std::uint8_t* key, RoundKeys& keys) noe
     __asm__ __volatile__("" : : "m"(round_keys) : "memory");  // keeps the scrub from being optimised away
 }
 
-void encrypt_units(const RoundKeys& keys, std::uint8_t* data, std::size_t unit_count,
+void encrypt_units(const RoundKeys& keys, const std::uint8_t* input, std::uint8_t* output, std::size_t unit_count,
                    const std::uint8_t* initial_tweaks) noexcept
 {
-    process_units<Direction::encrypt>(keys.encrypt, data, unit_count, initial_tweaks);
+    process_units<Direction::encrypt>(keys.encrypt, input, output, unit_count, initial_tweaks);
 }
 
-void decrypt_units(const RoundKeys& keys, std::uint8_t* data, std::size_t unit_count,
+void decrypt_units(const RoundKeys& keys, const std::uint8_t* input, std::uint8_t* output, std::size_t unit_count,
                    const std::uint8_t* initial_tweaks) noexcept
 {
-    process_units<Direction::decrypt>(keys.decrypt, data, unit_count, initial_tweaks);
+    process_units<Direction::decrypt>(keys.decrypt, input, output, unit_count, initial_tweaks);
 }
 
 #else
@@ -206,8 +208,8 @@ bool vaes_available() noexcept
 }
 
 void expand_key(const std::uint8_t*, RoundKeys&) noexcept {}
-void encrypt_units(const RoundKeys&, std::uint8_t*, std::size_t, const std::uint8_t*) noexcept {}
-void decrypt_units(const RoundKeys&, std::uint8_t*, std::size_t, const std::uint8_t*) noexcept {}
+void encrypt_units(const RoundKeys&, const std::uint8_t*, std::uint8_t*, std::size_t, const std::uint8_t*) noexcept {}
+void decrypt_units(const RoundKeys&, const std::uint8_t*, std::uint8_t*, std::size_t, const std::uint8_t*) noexcept {}
 
 #endif
 

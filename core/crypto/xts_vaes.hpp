@@ -25,11 +25,11 @@ bool vaes_available() noexcept;
 // Expands a 32-byte AES-256 key (AES-NI key expansion).
 void expand_key(const std::uint8_t* key, RoundKeys& keys) noexcept;
 
-// Encrypts (or decrypts) unit_count 512-byte units of data in place. initial_tweaks contains 16 bytes per
-// unit: the unit's tweak value already encrypted under the tweak key.
-void encrypt_units(const RoundKeys& keys, std::uint8_t* data, std::size_t unit_count,
+// Encrypts (or decrypts) unit_count 512-byte units from input to output, which may be the same buffer.
+// initial_tweaks contains 16 bytes per unit: the unit's tweak value already encrypted under the tweak key.
+void encrypt_units(const RoundKeys& keys, const std::uint8_t* input, std::uint8_t* output, std::size_t unit_count,
                    const std::uint8_t* initial_tweaks) noexcept;
-void decrypt_units(const RoundKeys& keys, std::uint8_t* data, std::size_t unit_count,
+void decrypt_units(const RoundKeys& keys, const std::uint8_t* input, std::uint8_t* output, std::size_t unit_count,
                    const std::uint8_t* initial_tweaks) noexcept;
 
 }  // namespace vmcrypt::xts_vaes

@@ -4,6 +4,7 @@
 // after every part has finished.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -40,6 +41,64 @@ void run_in_parts(unsigned parts, std::uint64_t count, const Work& work)
     guarded(0, std::min(count, per_part));
     for (std::thread& thread : threads)
         thread.join();
+    if (failure)
+        std::rethrow_exception(failure);
+}
+
+}  // namespace vmcrypt
+
+namespace vmcrypt {
+
+// Runs `work(begin, end)` on the chunks of `chunk` items that make up [0, count), handed out in order
+// from a shared counter to `threads` threads, the calling thread among them. Unlike fixed parts, a
+// thread that the scheduler delays takes fewer chunks, so it does not hold up the others at the end.
+// `after_own_chunks` runs on the calling thread once it finds no chunk left, while the other threads
+// may still work on theirs. The first exception stops the handing out of chunks and is rethrown after
+// every thread has finished.
+template <typename Work, typename AfterOwnChunks>
+void run_in_chunks(unsigned threads, std::uint64_t count, std::uint64_t chunk, const Work& work,
+                   const AfterOwnChunks& after_own_chunks)
+{
+    const std::uint64_t chunks = (count + chunk - 1) / chunk;
+    threads = static_cast<unsigned>(std::clamp<std::uint64_t>(chunks, 1, std::max(1u, threads)));
+    std::atomic<std::uint64_t> next{0};
+
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+    auto record_failure = [&] {
+        next = chunks;
+        std::lock_guard lock(failure_mutex);
+        if (!failure)
+            failure = std::current_exception();
+    };
+    auto take_chunks = [&] {
+        try {
+            for (std::uint64_t index = next++; index < chunks; index = next++) {
+                const std::uint64_t begin = index * chunk;
+                work(begin, std::min(count, begin + chunk));
+            }
+        } catch (...) {
+            record_failure();
+        }
+    };
+
+    std::vector<std::thread> helpers;
+    for (unsigned t = 1; t < threads; ++t)
+        helpers.emplace_back(take_chunks);
+    take_chunks();
+    try {
+        bool failed_already = false;
+        {
+            std::lock_guard lock(failure_mutex);
+            failed_already = failure != nullptr;
+        }
+        if (!failed_already)
+            after_own_chunks();
+    } catch (...) {
+        record_failure();
+    }
+    for (std::thread& helper : helpers)
+        helper.join();
     if (failure)
         std::rethrow_exception(failure);
 }

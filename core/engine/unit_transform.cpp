@@ -45,7 +45,7 @@ void encrypt_non_zero_units(const UnitCipher& cipher, std::span<std::uint8_t> da
 void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes,
-                     ZeroUnits zero_units, const UnitCipher* previous)
+                     ZeroUnits zero_units, const UnitCipher* previous, const std::uint8_t* source)
 {
     if (direction == Direction::reencrypt && !previous)
         throw std::invalid_argument("transform_units: reencrypt needs the previous DEK's cipher");
@@ -53,27 +53,49 @@ void transform_units(const UnitCipher& cipher, Direction direction, std::span<st
         std::uint8_t zeros[512] = {};
         return unit_hash(zeros);
     }();
+    // The old content of units [unit, unit + count).
+    auto old_units = [&](std::uint64_t unit, std::uint64_t count) -> std::span<const std::uint8_t> {
+        if (source)
+            return {source + (unit - first_unit) * 512, count * 512};
+        return buffer.subspan(unit * 512, count * 512);
+    };
     auto is_zero = [&](std::uint64_t unit) {
         if (zero_units == ZeroUnits::transformed)
             return false;
         if (unit_hashes && (*unit_hashes)[unit] != zero_unit_hash)
             return false;
-        return is_zero_unit(buffer.subspan(unit * 512, 512));
+        return is_zero_unit(old_units(unit, 1));
+    };
+
+    // Units that keep their content: only a separate source has to be copied into the buffer.
+    auto keep = [&](std::uint64_t unit, std::uint64_t count) {
+        if (source && count > 0)
+            std::memcpy(buffer.data() + unit * 512, old_units(unit, count).data(), count * 512);
     };
 
     auto apply = [&](std::uint64_t unit, std::uint64_t count, std::uint64_t sector) {
         std::span<std::uint8_t> data = buffer.subspan(unit * 512, count * 512);
         if (direction == Direction::encrypt) {
-            cipher.encrypt_units(data, sector);
+            if (source)
+                cipher.encrypt_units_from(old_units(unit, count), data, sector);
+            else
+                cipher.encrypt_units(data, sector);
         } else if (direction == Direction::decrypt) {
-            cipher.decrypt_units(data, sector);
+            if (source)
+                cipher.decrypt_units_from(old_units(unit, count), data, sector);
+            else
+                cipher.decrypt_units(data, sector);
         } else {
             // Both passes run on one cache-sized chunk at a time, so the encrypt pass finds the data the
             // decrypt pass left in the cache.
             constexpr std::uint64_t chunk_units = 64;
             for (std::uint64_t done = 0; done < count; done += chunk_units) {
-                std::span<std::uint8_t> chunk = data.subspan(done * 512, std::min(chunk_units, count - done) * 512);
-                previous->decrypt_units(chunk, sector + done);
+                const std::uint64_t chunk_count = std::min(chunk_units, count - done);
+                std::span<std::uint8_t> chunk = data.subspan(done * 512, chunk_count * 512);
+                if (source)
+                    previous->decrypt_units_from(old_units(unit + done, chunk_count), chunk, sector + done);
+                else
+                    previous->decrypt_units(chunk, sector + done);
                 if (zero_units == ZeroUnits::kept)
                     encrypt_non_zero_units(cipher, chunk, sector + done);
                 else
@@ -99,6 +121,7 @@ void transform_units(const UnitCipher& cipher, Direction direction, std::span<st
                 ++group_length;
                 continue;
             }
+            keep(unit, 1);
             if (group_length > 0)
                 apply(group_start, group_length, segment.first_sector + (group_start - segment_first));
             group_length = 0;

@@ -163,6 +163,80 @@ TEST_F(RewriteEngineTest, WindowSizeDoesNotChangeResult)
     EXPECT_EQ(read_all(dir_ / "small.data"), read_all(dir_ / "large.data"));
 }
 
+// Runs of 1 MiB or more are read through a file mapping and transformed out of place; shorter ones are
+// read into the window buffer. Both must give the ciphertext of an independent XTS over each run, with
+// zero units kept, whatever the window size and wherever the windows cut the runs.
+TEST_F(RewriteEngineTest, MappedAndReadRunsGiveTheSameCiphertext)
+{
+    std::vector<std::uint8_t> plaintext(4096 * kib);
+    std::mt19937_64 rng(7);
+    for (auto& byte : plaintext)
+        byte = static_cast<std::uint8_t>(rng());
+    std::fill(plaintext.begin() + 300 * 512, plaintext.begin() + 310 * 512, 0);    // in the first long run
+    std::fill(plaintext.begin() + 4200 * 512, plaintext.begin() + 4203 * 512, 0);  // in the short run
+
+    // A long run at a host offset that is not page-aligned, a short one, and a long one to the end.
+    const std::vector<DataRun> runs = {{1, 4 * kib + 512, 2044 * kib - 512, 7},
+                                       {1, 2048 * kib + 64 * kib, 64 * kib, 9000},
+                                       {1, 2048 * kib + 192 * kib, 1856 * kib, 20000}};
+    std::vector<std::uint8_t> expected = plaintext;
+    const XtsCipher cipher(dek_);
+    for (const DataRun& run : runs)
+        for (std::uint64_t unit = 0; unit < run.length / 512; ++unit) {
+            std::span<std::uint8_t> bytes(expected.data() + run.host_offset + unit * 512, 512);
+            if (!is_zero_unit(bytes))
+                cipher.encrypt_units(bytes, run.first_sector + unit);
+        }
+
+    for (std::uint64_t window : {256 * kib, 1024 * kib, 3 * 1024 * kib + 512}) {
+        const std::string name = "w" + std::to_string(window);
+        write_all(dir_ / (name + ".meta"), {});
+        write_all(dir_ / (name + ".data"), plaintext);
+        FileBackedDisk disk(dir_ / (name + ".meta"), dir_ / (name + ".data"), runs);
+
+        RewriteEngine(disk, dek_, options(window)).start(plan(disk, Operation::encrypt));
+        EXPECT_EQ(read_all(dir_ / (name + ".data")), expected) << "window " << window;
+
+        RewriteEngine(disk, dek_, options(window)).start(plan(disk, Operation::decrypt));
+        EXPECT_EQ(read_all(dir_ / (name + ".data")), plaintext) << "window " << window;
+    }
+}
+
+// Transforming from a separate source gives the same bytes as transforming in place, in every direction,
+// with zero units and a selection.
+TEST(UnitTransform, SeparateSourceEqualsInPlace)
+{
+    const SecureBytes dek = random_bytes(64);
+    const SecureBytes previous_dek = random_bytes(64);
+    const XtsCipher cipher(dek);
+    const XtsCipher previous(previous_dek);
+    const XtsCipher botan_cipher(dek, XtsBackend::botan_aes);
+
+    std::vector<std::uint8_t> old_content(200 * 512);
+    std::mt19937_64 rng(11);
+    for (auto& byte : old_content)
+        byte = static_cast<std::uint8_t>(rng());
+    std::fill(old_content.begin() + 20 * 512, old_content.begin() + 23 * 512, 0);
+    const std::vector<RunSegment> segments = {{0, 0, 120 * 512, 40, 0}, {0, 0, 80 * 512, 900, 120 * 512}};
+    std::vector<bool> selected(200, true);
+    selected[5] = selected[150] = false;
+
+    for (const UnitCipher* unit_cipher : {static_cast<const UnitCipher*>(&cipher), static_cast<const UnitCipher*>(&botan_cipher)})
+        for (Direction direction : {Direction::encrypt, Direction::decrypt, Direction::reencrypt})
+            for (ZeroUnits zero_units : {ZeroUnits::kept, ZeroUnits::transformed}) {
+                std::vector<std::uint8_t> in_place = old_content;
+                transform_units(*unit_cipher, direction, in_place, segments, selected, 10, 190, nullptr, zero_units,
+                                &previous);
+
+                std::vector<std::uint8_t> out_of_place = old_content;
+                std::fill(out_of_place.begin() + 10 * 512, out_of_place.begin() + 190 * 512, 0xee);
+                transform_units(*unit_cipher, direction, out_of_place, segments, selected, 10, 190, nullptr,
+                                zero_units, &previous, old_content.data() + 10 * 512);
+                EXPECT_EQ(out_of_place, in_place) << "direction " << static_cast<int>(direction) << ", zero units "
+                                                  << static_cast<int>(zero_units);
+            }
+}
+
 TEST_F(RewriteEngineTest, StopAtWindowBoundaryThenResume)
 {
     FileBackedDisk reference = make_disk("reference");

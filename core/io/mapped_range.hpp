@@ -1,0 +1,48 @@
+#pragma once
+// A read-only view of a byte range of a file through a shared mapping, populated when it is made.
+//
+// The rewrite engine hashes and transforms a window's old content straight from the page cache this
+// way, which saves the copy a pread would make. It only reads through the mapping: every write goes
+// through pwrite, because a process killed in the middle of a store to a shared mapping would leave a
+// unit half old and half new, which recovery cannot repair.
+//
+// NOTE: a mapped range that another process truncates away raises SIGBUS on access, which ends vmcrypt
+// like a kill: the journal then resumes the operation. vmcrypt's lock keeps QEMU and other vmcrypt
+// processes away, but not a program that ignores the locks.
+
+#include "core/io/file.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <span>
+
+namespace vmcrypt {
+
+class MappedRange {
+public:
+    // Maps [offset, offset + length) of `file`. Returns no value when the kernel refuses the mapping
+    // (a file system without mmap, no address space left); the caller then reads with pread.
+    static std::optional<MappedRange> map(const File& file, std::uint64_t offset, std::uint64_t length);
+
+    MappedRange(MappedRange&& other) noexcept;
+    MappedRange& operator=(MappedRange&& other) noexcept;
+    MappedRange(const MappedRange&) = delete;
+    MappedRange& operator=(const MappedRange&) = delete;
+    ~MappedRange();
+
+    // The bytes of the range, valid until this object is destroyed. Writes to the file through pwrite
+    // show here.
+    std::span<const std::uint8_t> bytes() const noexcept { return bytes_; }
+
+private:
+    MappedRange(void* base, std::size_t mapped_length, std::span<const std::uint8_t> bytes) noexcept
+        : base_(base), mapped_length_(mapped_length), bytes_(bytes)
+    {
+    }
+
+    void* base_ = nullptr;
+    std::size_t mapped_length_ = 0;
+    std::span<const std::uint8_t> bytes_;
+};
+
+}  // namespace vmcrypt
