@@ -49,12 +49,11 @@ void run_in_parts(unsigned parts, std::uint64_t count, const Work& work)
 
 namespace vmcrypt {
 
-// Runs `work(begin, end)` on the chunks of `chunk` items that make up [0, count), handed out in order
-// from a shared counter to `threads` threads, the calling thread among them. Unlike fixed parts, a
-// thread that the scheduler delays takes fewer chunks, so it does not hold up the others at the end.
-// `after_own_chunks` runs on the calling thread once it finds no chunk left, while the other threads
-// may still work on theirs. The first exception stops the handing out of chunks and is rethrown after
-// every thread has finished.
+// Runs `work(begin, end)` on each chunk of `chunk` items of [0, count) on `threads` threads, the calling
+// thread among them. The threads take chunks in order from a shared counter, so a thread that the
+// scheduler delays takes fewer chunks instead of holding up the others.
+// `after_own_chunks` runs on the calling thread when it finds no chunk left. The first exception stops
+// the handing out of chunks and is rethrown after every thread has finished.
 template <typename Work, typename AfterOwnChunks>
 void run_in_chunks(unsigned threads, std::uint64_t count, std::uint64_t chunk, const Work& work,
                    const AfterOwnChunks& after_own_chunks)

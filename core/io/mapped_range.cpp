@@ -3,7 +3,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 namespace vmcrypt {
 
@@ -23,6 +25,16 @@ std::optional<MappedRange> MappedRange::map(const File& file, std::uint64_t offs
                         static_cast<off_t>(offset - lead));
     if (base == MAP_FAILED)
         return std::nullopt;
+
+    // MAP_POPULATE ignores read errors, and a page that could not be read raises SIGBUS when touched.
+    // pread reports the same error as EIO, with a message naming the file, so a range that is not
+    // wholly in memory now is read that way instead.
+    std::vector<unsigned char> resident((mapped_length + page_size - 1) / page_size);
+    if (::mincore(base, mapped_length, resident.data()) != 0 ||
+        !std::all_of(resident.begin(), resident.end(), [](unsigned char page) { return page & 1; })) {
+        ::munmap(base, mapped_length);
+        return std::nullopt;
+    }
     ::madvise(base, mapped_length, MADV_SEQUENTIAL);
     const auto* first = static_cast<const std::uint8_t*>(base) + lead;
     return MappedRange(base, mapped_length, {first, static_cast<std::size_t>(length)});

@@ -6,9 +6,10 @@
 // through pwrite, because a process killed in the middle of a store to a shared mapping would leave a
 // unit half old and half new, which recovery cannot repair.
 //
-// NOTE: a mapped range that another process truncates away raises SIGBUS on access, which ends vmcrypt
-// like a kill: the journal then resumes the operation. vmcrypt's lock keeps QEMU and other vmcrypt
-// processes away, but not a program that ignores the locks.
+// NOTE: a page that is evicted after the mapping is made and then fails to read back, or a mapped range
+// that another process truncates away, raises SIGBUS on access. That ends vmcrypt like a kill, and the
+// journal resumes the operation. vmcrypt's lock keeps QEMU and other vmcrypt processes away, but not
+// a program that ignores the locks.
 
 #include "core/io/file.hpp"
 
@@ -20,8 +21,9 @@ namespace vmcrypt {
 
 class MappedRange {
 public:
-    // Maps [offset, offset + length) of `file`. Returns no value when the kernel refuses the mapping
-    // (a file system without mmap, no address space left); the caller then reads with pread.
+    // Maps [offset, offset + length) of `file` and reads it into memory. Returns no value when the kernel
+    // rejects the mapping (a file system without mmap, no address space left) or a page could not be
+    // read, and the caller then reads with pread.
     static std::optional<MappedRange> map(const File& file, std::uint64_t offset, std::uint64_t length);
 
     MappedRange(MappedRange&& other) noexcept;
