@@ -56,7 +56,9 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
                                  {"top", report.top},
                                  {"merged", report.merged},
                                  {"removedFiles", report.removed_files},
+                                 {"removedBranchFiles", report.branch_files},
                                  {"deletedSnapshots", report.deleted_snapshots},
+                                 {"growBaseTo", report.grow_base_to},
                                  {"bytesToCopy", report.data_bytes},
                                  {"zeroBytes", report.zero_bytes},
                                  {"refcountsLowered", report.refcounts_lowered},
@@ -83,8 +85,12 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
         if (!report.resumed && !report.merged.empty())
             std::printf("  bytes to copy: %s (%llu bytes), zeroed: %s\n", format_bytes(report.data_bytes).c_str(),
                         static_cast<unsigned long long>(report.data_bytes), format_bytes(report.zero_bytes).c_str());
+        if (report.grow_base_to != 0)
+            std::printf("  grow the base to the top's guest size: %s (%llu bytes)\n",
+                        format_bytes(report.grow_base_to).c_str(), static_cast<unsigned long long>(report.grow_base_to));
         print_list("overlays merged, newest first", report.merged);
         print_list("files to remove", report.removed_files);
+        print_list("files of other branches to remove", report.branch_files);
         print_list("internal snapshots to delete", report.deleted_snapshots);
         return 0;
     }
@@ -98,7 +104,10 @@ int run_qcow2_consolidate(const GlobalOptions& global, const ConsolidateCommandO
                     report.merged.size(), report.merged.size() == 1 ? "" : "s",
                     report.strategy == "stream" ? " by streaming into the top, renamed to the base's name" : "",
                     report.resumed ? ", resumed" : "");
+    if (report.grow_base_to != 0)
+        std::printf("  base grown to %llu bytes\n", static_cast<unsigned long long>(report.grow_base_to));
     print_list("removed", report.removed_files);
+    print_list("removed from other branches", report.branch_files);
     print_list("internal snapshots deleted", report.deleted_snapshots);
     return 0;
 }

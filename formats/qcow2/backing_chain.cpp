@@ -5,6 +5,7 @@
 #include "core/text/shell_words.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
 
+#include <map>
 #include <set>
 
 namespace vmcrypt::qcow2 {
@@ -51,7 +52,23 @@ void check_layer_state(const ChainLayer& layer)
                              "(vmcrypt decrypt, or qemu-img convert for QEMU's own encryption)");
 }
 
-File open_locked(const std::filesystem::path& path, Access access)
+// The backing file name of the qcow2 image `path`, or "" when it has none or is not a readable qcow2
+// image (then this chain cannot be its backing file).
+std::string backing_name_of(const std::filesystem::path& path)
+{
+    if (!has_qcow2_magic(path))
+        return {};
+    try {
+        File file = File::open(path, Access::read_only);
+        return parse_header(read_cluster0(file), file.size(), path.string()).backing_file;
+    } catch (const Error&) {
+        return {};
+    }
+}
+
+}  // namespace
+
+File open_image_locked(const std::filesystem::path& path, Access access)
 {
     File file = File::open(path, access);
     if (access == Access::read_write) {
@@ -61,8 +78,6 @@ File open_locked(const std::filesystem::path& path, Access access)
     }
     return file;
 }
-
-}  // namespace
 
 std::filesystem::path absolute_path(const std::filesystem::path& path)
 {
@@ -119,7 +134,7 @@ BackingChain open_backing_chain(const std::filesystem::path& top, Access access)
         ChainLayer layer;
         layer.path = path;
         layer.format = format;
-        layer.file = std::make_unique<File>(open_locked(path, access));
+        layer.file = std::make_unique<File>(open_image_locked(path, access));
         if (format == LayerFormat::raw) {
             layer.size = layer.file->size();
             top_down.push_back(std::move(layer));
@@ -169,39 +184,53 @@ BackingChain open_backing_chain(const std::filesystem::path& top, Access access)
     return chain;
 }
 
-std::vector<std::string> find_other_children(const BackingChain& chain)
+std::vector<BranchImage> find_branch_images(const BackingChain& chain)
 {
-    std::set<std::filesystem::path> folders;
-    std::set<std::filesystem::path> members;
+    std::set<std::filesystem::path> known;  // the chain's layers and the branch images found so far
+    std::set<std::filesystem::path> pending_folders;
     for (const ChainLayer& layer : chain.layers) {
-        folders.insert(layer.path.parent_path());
-        members.insert(layer.path);
+        known.insert(layer.path);
+        pending_folders.insert(layer.path.parent_path());
     }
 
-    std::vector<std::string> children;
-    for (const std::filesystem::path& folder : folders) {
-        std::error_code error;
-        for (const auto& entry : std::filesystem::directory_iterator(folder, error)) {
-            std::error_code entry_error;
-            const std::filesystem::path candidate = absolute_path(entry.path());
-            if (!entry.is_regular_file(entry_error) || members.count(candidate) || !has_qcow2_magic(candidate))
-                continue;
-            std::string backing_name;
-            try {
-                File file = File::open(candidate, Access::read_only);
-                backing_name = parse_header(read_cluster0(file), file.size(), candidate.string()).backing_file;
-            } catch (const Error&) {
-                continue;  // not an image this chain can be the backing file of
+    // Every qcow2 image with a backing file in the folders searched, with the backing file resolved.
+    std::map<std::filesystem::path, std::filesystem::path> backing_of;
+    std::set<std::filesystem::path> searched;
+    std::vector<BranchImage> branches;
+    while (!pending_folders.empty()) {
+        for (const std::filesystem::path& folder : pending_folders) {
+            searched.insert(folder);
+            std::error_code error;
+            std::filesystem::directory_iterator entry(folder, error);
+            for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
+                std::error_code entry_error;
+                if (!entry->is_regular_file(entry_error))
+                    continue;
+                const std::filesystem::path candidate = absolute_path(entry->path());
+                const std::string name = backing_name_of(candidate);
+                if (!name.empty())
+                    backing_of.emplace(candidate, absolute_path(resolve_backing(candidate, name)));
             }
-            if (backing_name.empty())
-                continue;
-            const std::filesystem::path backing = absolute_path(resolve_backing(candidate, backing_name));
-            if (members.count(backing))
-                children.push_back(candidate.string() + " (backing file " + backing.string() + ")");
+        }
+        pending_folders.clear();
+
+        // Each pass adds the images whose backing file is known, so parents come before children.
+        for (bool added = true; added;) {
+            added = false;
+            std::vector<BranchImage> found;
+            for (const auto& [image, backing] : backing_of)
+                if (!known.count(image) && known.count(backing))
+                    found.push_back(BranchImage{image, backing});
+            for (const BranchImage& image : found) {
+                known.insert(image.path);
+                branches.push_back(image);
+                if (!searched.count(image.path.parent_path()))
+                    pending_folders.insert(image.path.parent_path());
+                added = true;
+            }
         }
     }
-    std::sort(children.begin(), children.end());
-    return children;
+    return branches;
 }
 
 }  // namespace vmcrypt::qcow2

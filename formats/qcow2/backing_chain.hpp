@@ -51,9 +51,24 @@ struct BackingChain {
 // encrypted or damaged layer and DiskInUse for a locked one, each naming the file and the fix.
 BackingChain open_backing_chain(const std::filesystem::path& top, Access access);
 
-// Lists images in the chain's folders that use a layer of the chain as their backing file, other than the
-// chain's own next layer, as "IMAGE (backing file LAYER)". Merging would change what they read.
-std::vector<std::string> find_other_children(const BackingChain& chain);
+// A qcow2 image outside the chain that reads through a layer of it: directly (another child of a layer)
+// or through other such images (a descendant of that child).
+struct BranchImage {
+    std::filesystem::path path;     // absolute
+    std::filesystem::path backing;  // the image it names as its backing file, absolute
+    std::string description() const { return path.string() + " (backing file " + backing.string() + ")"; }
+};
+
+// Finds the images that use a layer of the chain, other than the chain's own next layer, and the images
+// that use those in turn. It searches the folders of the chain's layers and of every image found, and
+// resolves each backing file name (relative, ../ or absolute, symbolic links followed) as QEMU does.
+// An image elsewhere is not found. Parents come before their children. Merging would change what
+// every one of them reads.
+std::vector<BranchImage> find_branch_images(const BackingChain& chain);
+
+// Opens an image for consolidate-snapshots. With Access::read_write it takes QEMU's exclusive image lock;
+// with read_only it only checks for one. Throws DiskInUse naming the holder when QEMU has it open.
+File open_image_locked(const std::filesystem::path& path, Access access);
 
 // True when `path` starts with the qcow2 magic.
 bool has_qcow2_magic(const std::filesystem::path& path);

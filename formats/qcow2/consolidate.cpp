@@ -10,13 +10,16 @@
 #include "core/text/shell_words.hpp"
 #include "formats/qcow2/backing_chain.hpp"
 #include "formats/qcow2/base_merge.hpp"
+#include "formats/qcow2/grow.hpp"
 #include "formats/qcow2/merge_intent.hpp"
 #include "formats/qcow2/qcow2_disk.hpp"
 #include "formats/qcow2/refcount_repair.hpp"
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <optional>
+#include <string_view>
 
 namespace vmcrypt::qcow2 {
 
@@ -80,6 +83,8 @@ ConsolidateReport report_of(const MergeIntent& intent)
     report.top = intent.top;
     report.merged.assign(intent.overlays.rbegin(), intent.overlays.rend());
     report.removed_files = intent.remove_files;
+    report.branch_files = intent.branch_files;
+    report.grow_base_to = intent.grow_base_to;
     return report;
 }
 
@@ -119,13 +124,78 @@ RefcountRepair clean_up_layer(ChainLayer& base)
     return repair;
 }
 
-void remove_file_durably(const std::string& path)
+void remove_file_durably(const std::string& path, std::string_view fault)
 {
     std::error_code error;
     if (!std::filesystem::remove(path, error) && error)
         throw IoError(path + ": removing the file failed: " + error.message());
     sync_directory(std::filesystem::path(path).parent_path());
-    fault_point("qcow2-consolidate-overlay-removed");
+    fault_point(fault);
+}
+
+// Rejects a merge that would change what images outside the chain read, unless `handling` lets the
+// merge remove them. An image that uses the top is never removed: the top is then not the newest image
+// of its branch, and the user named the wrong image.
+void check_branches(const ChainLayer& top, const std::vector<BranchImage>& branches, BranchHandling handling)
+{
+    if (branches.empty())
+        return;
+    std::string list;
+    std::string top_children;
+    for (const BranchImage& image : branches) {
+        list += (list.empty() ? "" : ", ") + image.description();
+        if (image.backing == top.path)
+            top_children += (top_children.empty() ? "" : ", ") + image.path.string();
+    }
+    if (!top_children.empty())
+        throw WrongDiskState(top.name() + ": other images use it as their backing file (" + top_children +
+                             "), so it is not the newest image of its branch; run consolidate-snapshots on the "
+                             "newest image, the one the VM uses");
+    if (handling == BranchHandling::reject)
+        throw WrongDiskState(top.name() + ": other images use this chain as their backing file, and merging would "
+                             "change what they read: " + list + "; to keep only this branch and delete the other "
+                             "branches' images, add --delete-other-branches, or merge with qemu-img commit");
+}
+
+// Opens (and with read_write, locks) every branch image, so that an image a VM uses is reported
+// before the first write and no VM can open one until it is removed.
+std::vector<File> lock_branch_images(const std::vector<BranchImage>& branches, Access access)
+{
+    std::vector<File> files;
+    for (const BranchImage& image : branches)
+        files.push_back(open_image_locked(image.path, access));
+    return files;
+}
+
+// Removes the images of other branches that are left, children first, so that no image is ever left
+// without its backing file. Runs before any layer changes.
+void remove_branch_images(const MergeIntent& intent, std::vector<File>& locks)
+{
+    for (const std::string& file : intent.branch_files) {
+        std::error_code error;
+        if (std::filesystem::exists(file, error)) {
+            remove_file_durably(file, "qcow2-consolidate-branch-file-removed");
+            log_info(file + ": removed (another branch)");
+        }
+    }
+    locks.clear();
+}
+
+// Grows the base to the top's guest size before the copy (commit only). Idempotent.
+void grow_base(ChainLayer& base, Refcounts* refcounts, std::uint64_t size)
+{
+    if (size <= base.size)
+        return;
+    if (base.format == LayerFormat::qcow2) {
+        grow_qcow2_image(*base.file, base.header, *refcounts, size, base.name());
+    } else {
+        base.file->truncate(size);
+        base.file->sync_data();
+    }
+    fault_point("qcow2-consolidate-base-grown");
+    log_info(base.name() + ": guest size grown from " + std::to_string(base.size) + " to " + std::to_string(size) +
+             " bytes");
+    base.size = size;
 }
 
 // After the commit point: removes the overlays that are left (top first, so that no overlay is ever left
@@ -157,7 +227,7 @@ void finish_switch(const MergeIntent& intent, const std::filesystem::path& inten
     for (const std::string& file : intent.remove_files) {
         std::error_code error;
         if (std::filesystem::exists(file, error))
-            remove_file_durably(file);
+            remove_file_durably(file, "qcow2-consolidate-overlay-removed");
     }
     std::error_code error;
     std::filesystem::remove(intent_path, error);
@@ -167,8 +237,11 @@ void finish_switch(const MergeIntent& intent, const std::filesystem::path& inten
 }
 
 void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesystem::path& intent_path,
-                     const ConsolidateOptions& options, ConsolidateReport& report)
+                     const ConsolidateOptions& options, ConsolidateReport& report, std::vector<File>& branch_locks)
 {
+    // The other branches go first: they read layers that are about to change or go.
+    remove_branch_images(intent, branch_locks);
+
     const std::vector<OverlayLayer> views = chain.views();
     const bool stream = intent.strategy == MergeStrategy::stream;
     const std::vector<GuestPiece> pieces = stream ? stream_pieces(views, chain.sizes()) : compose_chain(views, chain.sizes());
@@ -190,8 +263,11 @@ void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesys
     if (target.format == LayerFormat::qcow2) {
         report.refcounts_lowered += clean_up_layer(target).lowered;
         Refcounts refcounts = Refcounts::load(*target.file, target.header, target.name());
+        if (!stream)
+            grow_base(target, &refcounts, intent.grow_base_to);
         merge_into_qcow2(*target.file, target.header, refcounts, target.name(), pieces, reader, progress);
     } else {
+        grow_base(target, nullptr, intent.grow_base_to);
         merge_into_raw(*target.file, pieces, reader, progress);
     }
     fault_point("qcow2-consolidate-copied");
@@ -233,7 +309,20 @@ ConsolidateReport resume(const std::filesystem::path& intent_path, const MergeIn
         throw InvalidInput(intent_path.string() + ": the backing chain of " + intent.top +
                            " is no longer the one this interrupted merge started on; put the original files back, "
                            "or restore the chain from a backup");
-    copy_and_switch(chain, intent, intent_path, options, report);
+
+    // Images of other branches that are left, or that appeared since: a merge started with
+    // --delete-other-branches removes them too, as the first run would have.
+    const std::vector<BranchImage> branches = find_branch_images(chain);
+    check_branches(chain.top(), branches,
+                   intent.branch_files.empty() ? options.branches : BranchHandling::delete_other_branches);
+    std::vector<File> branch_locks = lock_branch_images(branches, Access::read_write);
+    MergeIntent updated = intent;
+    for (auto it = branches.rbegin(); it != branches.rend(); ++it)
+        if (std::find(updated.branch_files.begin(), updated.branch_files.end(), it->path.string()) ==
+            updated.branch_files.end())
+            updated.branch_files.insert(updated.branch_files.begin(), it->path.string());
+    report.branch_files = updated.branch_files;
+    copy_and_switch(chain, updated, intent_path, options, report, branch_locks);
     return report;
 }
 
@@ -299,27 +388,15 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
 
     ChainLayer& base = chain.base();
     ChainLayer& top = chain.top();
-    if (top.size > base.size)
-        throw UnsupportedInput(top.name() + ": guest size " + std::to_string(top.size) + " bytes is larger than the "
-                               "base's " + std::to_string(base.size) + " bytes; grow the base first with: qemu-img "
-                               "resize -f " + (base.format == LayerFormat::raw ? "raw " : "qcow2 ") + base.name() + " " +
-                               std::to_string(top.size));
     if (top.size < base.size)
         throw UnsupportedInput(top.name() + ": guest size " + std::to_string(top.size) + " bytes is smaller than the "
                                "base's " + std::to_string(base.size) + " bytes, so the merged base would keep its "
                                "bytes past the top's end; copy the top instead with: qemu-img convert -O qcow2 " +
                                top.name() + " NEW.qcow2");
-    std::vector<std::string> children = find_other_children(chain);
-    if (!children.empty()) {
-        std::string list;
-        for (const std::string& child : children)
-            list += (list.empty() ? "" : ", ") + child;
-        if (options.branches == BranchHandling::delete_other_branches)
-            throw UnsupportedInput(top.name() + ": --delete-other-branches is not supported for qcow2 chains; other "
-                                   "images use the chain: " + list + "; remove them first if they are not needed");
-        throw WrongDiskState(top.name() + ": other images use this chain as their backing file, and merging would "
-                             "change what they read: " + list + "; remove them, or merge with qemu-img commit");
-    }
+    const std::vector<BranchImage> branches = find_branch_images(chain);
+    check_branches(top, branches, options.branches);
+    std::vector<File> branch_locks =
+        lock_branch_images(branches, options.dry_run ? Access::read_only : Access::read_write);
     if (base.format == LayerFormat::qcow2)
         check_base_refcounts(base);
     if (std::optional<MergeIntent> stale = read_merge_intent(merge_intent_path(base.path)))
@@ -333,6 +410,8 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
     for (std::size_t i = 1; i < chain.layers.size(); ++i)
         intent.overlays.push_back(chain.layers[i].name());
     intent.remove_files.assign(intent.overlays.rbegin(), intent.overlays.rend());
+    for (auto it = branches.rbegin(); it != branches.rend(); ++it)
+        intent.branch_files.push_back(it->path.string());
 
     // Composing the view reads and validates every overlay's tables before the first write.
     const std::vector<OverlayLayer> views = chain.views();
@@ -348,6 +427,11 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
     } else {
         log_debug(top.name() + ": merging into the base, because " + reason);
     }
+    if (intent.strategy == MergeStrategy::commit && top.size > base.size) {
+        if (base.format == LayerFormat::qcow2)
+            check_qcow2_growable(base.header, top.size, base.name());
+        intent.grow_base_to = top.size;
+    }
     ConsolidateReport report = report_of(intent);
     for (const ChainLayer& layer : chain.layers)
         for (const std::string& name : snapshot_names(layer))
@@ -362,7 +446,7 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
     const std::filesystem::path intent_path = merge_intent_path(base.path);
     write_merge_intent(intent_path, intent);
     fault_point("qcow2-consolidate-intent-written");
-    copy_and_switch(chain, intent, intent_path, options, report);
+    copy_and_switch(chain, intent, intent_path, options, report, branch_locks);
     return report;
 }
 
@@ -377,6 +461,16 @@ bool is_qcow2_consolidation(const std::filesystem::path& disk)
     } catch (const Error&) {
         return false;
     }
+}
+
+std::optional<UnfinishedMerge> find_unfinished_qcow2_merge(const std::filesystem::path& disk)
+{
+    std::optional<FoundIntent> found = find_intent(disk);
+    if (!found)
+        return std::nullopt;
+    const MergeIntent& intent = found->second;
+    return UnfinishedMerge{found->first, intent.phase == MergePhase::copy ? "copy" : "switch",
+                           intent.strategy == MergeStrategy::commit ? "commit" : "stream", intent.base, intent.top};
 }
 
 ConsolidateReport consolidate_qcow2(const std::filesystem::path& disk, const ConsolidateOptions& options)

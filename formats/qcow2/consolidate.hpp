@@ -15,6 +15,11 @@
 //            switch: for stream, the top's backing file name is dropped (one sector write) and the top
 //            renamed over the base; then the overlay files left are removed (top first), then the
 //            intent file.
+// Before the copy phase changes any layer, the images of other branches (--delete-other-branches) are
+// removed, children first, so that no image ever reads a layer that changed under it. A re-run in the
+// copy phase removes those left. For commit, a base smaller than the top is grown to the top's guest
+// size first (grow.hpp for qcow2, ftruncate for raw); the grow is idempotent, so a re-run copes with a
+// base that is grown already. Stream needs no grow: the top keeps its own size.
 // An image without a backing file only has its internal snapshots deleted and refcounts made exact
 // (refcount_repair.hpp); that needs no intent file, because every run ends with exact refcounts.
 
@@ -22,6 +27,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,16 +49,32 @@ struct ConsolidateReport {
     std::string top;                             // the image whose guest view the disk now has
     std::vector<std::string> merged;             // overlays merged, newest first
     std::vector<std::string> removed_files;      // overlay files removed
+    std::vector<std::string> branch_files;       // images of other branches removed, children first
     std::vector<std::string> deleted_snapshots;  // "IMAGE: snapshot ID NAME"
     std::uint64_t data_bytes = 0;                // guest bytes copied from the overlays
     std::uint64_t zero_bytes = 0;                // guest bytes the overlays mark zero
     std::uint64_t refcounts_lowered = 0;         // leaked or snapshot clusters whose refcount dropped
+    std::uint64_t grow_base_to = 0;              // guest bytes the base grows to; 0 when it keeps its size
     bool resumed = false;
     bool dry_run = false;
 };
 
 // True when `disk` is a qcow2 image, or is named by the intent file of an unfinished qcow2 merge.
 bool is_qcow2_consolidation(const std::filesystem::path& disk);
+
+// An unfinished merge that a qcow2 image belongs to.
+struct UnfinishedMerge {
+    std::filesystem::path intent_path;
+    std::string phase;     // "copy" or "switch"
+    std::string strategy;  // "commit" or "stream"
+    std::string base;
+    std::string top;
+};
+
+// Finds the intent file of an unfinished merge that `disk` belongs to (as its base, top, an overlay, or
+// an image of another branch that the merge removes). Only reads files. Throws InvalidInput naming the
+// intent file when it is damaged.
+std::optional<UnfinishedMerge> find_unfinished_qcow2_merge(const std::filesystem::path& disk);
 
 // Merges (or, with dry_run, plans) the chain below `disk` or resumes an interrupted merge of it; for an
 // image without a backing file, deletes its internal snapshots. Throws vmcrypt::Error subclasses; an

@@ -12,14 +12,17 @@ namespace vmcrypt::qcow2 {
 
 namespace {
 
-constexpr const char* schema = "vmcrypt-consolidate-qcow2/1";
+// Version 2 added branchFiles and growBaseTo. A version 1 file has neither; it is read as having none.
+constexpr const char* schema = "vmcrypt-consolidate-qcow2/2";
+constexpr const char* schema_v1 = "vmcrypt-consolidate-qcow2/1";
 
 }  // namespace
 
 bool MergeIntent::mentions(const std::filesystem::path& path) const
 {
     const std::string wanted = path.lexically_normal().string();
-    return wanted == base || wanted == top || std::find(overlays.begin(), overlays.end(), wanted) != overlays.end();
+    return wanted == base || wanted == top || std::find(overlays.begin(), overlays.end(), wanted) != overlays.end() ||
+           std::find(branch_files.begin(), branch_files.end(), wanted) != branch_files.end();
 }
 
 std::filesystem::path merge_intent_path(const std::filesystem::path& base)
@@ -37,7 +40,8 @@ std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path)
     const std::string text = read_small_file(path, 16 << 20);
     try {
         nlohmann::json json = nlohmann::json::parse(text);
-        if (json.at("schema").get<std::string>() != schema)
+        const std::string version = json.at("schema").get<std::string>();
+        if (version != schema && version != schema_v1)
             throw InvalidInput(path.string() + ": schema: \"" + json.at("schema").get<std::string>() + "\" is not " +
                                schema + "; finish the merge with the vmcrypt version that started it");
         MergeIntent intent;
@@ -60,6 +64,10 @@ std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path)
         intent.top = json.at("top").get<std::string>();
         intent.overlays = json.at("overlays").get<std::vector<std::string>>();
         intent.remove_files = json.at("removeFiles").get<std::vector<std::string>>();
+        if (version != schema_v1) {
+            intent.branch_files = json.at("branchFiles").get<std::vector<std::string>>();
+            intent.grow_base_to = json.at("growBaseTo").get<std::uint64_t>();
+        }
         return intent;
     } catch (const nlohmann::json::exception& e) {
         throw InvalidInput(path.string() + ": the consolidation intent file is damaged (" + e.what() +
@@ -79,6 +87,8 @@ void write_merge_intent(const std::filesystem::path& path, const MergeIntent& in
         {"top", intent.top},
         {"overlays", intent.overlays},
         {"removeFiles", intent.remove_files},
+        {"branchFiles", intent.branch_files},
+        {"growBaseTo", intent.grow_base_to},
     };
     vmdk::replace_file_atomically(path, json.dump(2) + "\n");
 }

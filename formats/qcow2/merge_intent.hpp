@@ -3,6 +3,7 @@
 // atomically). It is written after the chain is validated and before the first change to any file;
 // its phase decides what a re-run does (see consolidate.hpp).
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -26,7 +27,11 @@ struct MergeIntent {
     std::string top;                        // absolute
     std::vector<std::string> overlays;      // absolute, base side first, the top last
     std::vector<std::string> remove_files;  // the overlays, top first (for stream, without the top)
+    // Images of the other branches (--delete-other-branches), children first, in the order they are removed.
+    std::vector<std::string> branch_files;
+    std::uint64_t grow_base_to = 0;  // guest bytes the base grows to before the copy; 0 keeps its size
 
+    // True when `path` is the base, the top, an overlay or an image of another branch.
     bool mentions(const std::filesystem::path& path) const;
 };
 

@@ -3,8 +3,9 @@
 # (intent, deleting the base's internal snapshot, making its refcounts exact, every step of a batch of
 # clusters, new refcount blocks, the switch, removing the overlays), of a merge into a raw base and of
 # deleting the internal snapshots of a single image, plus injected I/O errors and kills at random
-# times. At each kill the current state must still be readable: through the top before the commit
-# point, through the base after it. Re-running the command must finish the job: the base identical to
+# times, and kills while a branching chain is merged with --delete-other-branches. At each kill the
+# current state must still be readable: through the top before the commit point, through the base
+# after it. Re-running the command must finish the job: the base identical to
 # the export of the top taken before, qemu-img check without errors or leaks, no snapshots, the
 # overlays and the intent file gone.
 set -euo pipefail
@@ -183,6 +184,68 @@ crash_at raw-merge-piece-written 2 kill "$raw_template" top.qcow2 base.raw "$raw
 for point in qcow2-snapshot-table-dropped qcow2-refcounts-lowered qcow2-copied-flags-fixed; do
     crash_at "$point" 1 kill "$snapshot_template" image.qcow2 image.qcow2 "$snapshot_expected"
 done
+
+# A chain that branches, merged with --delete-other-branches: the images of the other branches (a child
+# of mid with a child of its own, and a child of the base) are removed, children first, before any
+# layer changes. At every kill each branch image left must still read as it did before, and the re-run,
+# without the option, must remove the rest as the intent file records.
+branch_template="$TEST_TMP/branch-template"
+mkdir -p "$branch_template"
+(
+    cd "$branch_template"
+    qemu-img create -q -f qcow2 base.qcow2 64M
+    qemu-io -f qcow2 -c "write -P 0x71 0 40M" base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+    qemu-io -f qcow2 -c "write -P 0x72 1M 2M" -c "write -z 4M 1M" mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+    qemu-io -f qcow2 -c "write -P 0x73 2M 1M" -c "write -P 0x74 $((64 * 1048576 - 512)) 512" top.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 sibling.qcow2
+    qemu-io -f qcow2 -c "write -P 0x75 0 1M" sibling.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b sibling.qcow2 -F qcow2 sibling-child.qcow2
+    qemu-io -f qcow2 -c "write -P 0x76 1M 1M" sibling-child.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 base-child.qcow2
+    qemu-io -f qcow2 -c "write -P 0x77 8M 1M" base-child.qcow2 >/dev/null
+)
+branch_expected="$TEST_TMP/branch-expected.raw"
+qemu-img convert -f qcow2 -O raw "$branch_template/top.qcow2" "$branch_expected"
+branch_images=(sibling-child.qcow2 sibling.qcow2 base-child.qcow2)
+for image in "${branch_images[@]}"; do
+    qemu-img convert -f qcow2 -O raw "$branch_template/$image" "$TEST_TMP/branch-$image.raw"
+done
+
+crash_branching() {
+    local name=$1 count=$2
+    run=$((run + 1))
+    local dir="$TEST_TMP/run$run" context="fault $name:$count:kill on the branching chain"
+    cp -a --sparse=always "$branch_template" "$dir"
+    local code=0
+    { VMCRYPT_FAULT="$name:$count:kill" "$VMCRYPT" consolidate-snapshots --delete-other-branches "$dir/top.qcow2" \
+        >"$TEST_TMP/fault.stdout" 2>"$TEST_TMP/fault.stderr"; } 2>/dev/null || code=$?
+    [[ $code == 137 ]] || fail "$context: expected exit code 137 (fault point reached), got $code: $(cat "$TEST_TMP/fault.stderr")"
+    expect_state_readable "$dir" base.qcow2 "$branch_expected" "$context"
+
+    # Each branch image left must read as before, because its parents stay untouched until it is gone.
+    local image
+    for image in "${branch_images[@]}"; do
+        [[ -e $dir/$image ]] || continue
+        expect_qcow2_equals_raw "$dir/$image" "$TEST_TMP/branch-$image.raw" "($context, branch image $image left)"
+    done
+
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2"
+    expect_qcow2_equals_raw "$dir/base.qcow2" "$branch_expected" "($context, after the re-run)"
+    expect_qcow2_check_clean "$dir/base.qcow2" "($context, after the re-run)"
+    local left
+    left=$(cd "$dir" && ls | tr '\n' ' ')
+    [[ $left == "base.qcow2 " ]] || fail "$context: expected only base.qcow2 after the re-run, got: $left"
+    rm -rf "$dir"
+}
+crash_branching qcow2-consolidate-intent-written 1
+crash_branching qcow2-consolidate-branch-file-removed 1
+crash_branching qcow2-consolidate-branch-file-removed 2
+crash_branching qcow2-consolidate-branch-file-removed 3
+crash_branching qcow2-merge-data-written 1
+crash_branching qcow2-consolidate-switch-recorded 1
+crash_branching qcow2-consolidate-overlay-removed 1
 
 # Kills at chosen times during the chain merge; a merge that finished first is checked the same way.
 for delay in 0.02 0.08; do
