@@ -37,10 +37,15 @@ void start_writeback(const File& target, std::uint64_t offset, std::uint64_t len
 void copy_range(const File& source, std::uint64_t source_offset, File& target, std::uint64_t target_offset,
                 std::uint64_t length)
 {
+    // The kernel's copy reads the source synchronously, a readahead window at a time, so the disk would
+    // sit idle between reads. Asking for each next chunk while the current one is copied keeps it busy.
+    source.prefetch(source_offset, std::min(length, writeback_chunk_bytes));
     while (length > 0) {
         loff_t in = static_cast<loff_t>(source_offset);
         loff_t out = static_cast<loff_t>(target_offset);
         std::size_t chunk = static_cast<std::size_t>(std::min(length, writeback_chunk_bytes));
+        if (length > chunk)
+            source.prefetch(source_offset + chunk, std::min(length - chunk, writeback_chunk_bytes));
         ssize_t copied = ::copy_file_range(source.fd(), &in, target.fd(), &out, chunk, 0);
         if (copied > 0) {
             start_writeback(target, target_offset, static_cast<std::uint64_t>(copied));
