@@ -6,6 +6,7 @@
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/open_disk.hpp"
+#include "formats/qcow2/consolidate.hpp"
 #include "formats/qcow2/inspect_report.hpp"
 #include "formats/vmdk/consolidate_intent.hpp"
 #include "core/text/shell_words.hpp"
@@ -76,6 +77,28 @@ json describe_merge(const std::filesystem::path& disk, const std::string& disk_p
         merge["error"] = e.what();
     }
     return merge;
+}
+
+// The unfinished qcow2 merge that the image belongs to (as its base, top, an overlay or an image of
+// another branch that the merge removes), or null. The intent file names the base, and the command
+// resumes the merge from it.
+json describe_qcow2_merge(const std::filesystem::path& disk, const std::string& disk_path)
+{
+    std::optional<qcow2::UnfinishedMerge> found;
+    try {
+        found = qcow2::find_unfinished_qcow2_merge(disk);
+    } catch (const Error& e) {
+        // A damaged intent file: the message names it.
+        return {{"command", shell_command({"vmcrypt", "consolidate-snapshots", disk_path})}, {"error", e.what()}};
+    }
+    if (!found)
+        return nullptr;
+    return {{"intent", found->intent_path.string()},
+            {"command", shell_command({"vmcrypt", "consolidate-snapshots", found->base})},
+            {"phase", found->phase},
+            {"strategy", found->strategy},
+            {"base", found->base},
+            {"top", found->top}};
 }
 
 json describe_operation(const std::filesystem::path& metadata_file)
@@ -224,9 +247,18 @@ void print_text(const json& report)
     }
     const json& merge = report["unfinishedMerge"];
     if (!merge.is_null()) {
-        if (merge.contains("error"))
+        if (merge.contains("error") && !merge.contains("intent"))
+            std::printf("unfinished: consolidate-snapshots merge, an intent file is unreadable: %s\n",
+                        merge["error"].get<std::string>().c_str());
+        else if (merge.contains("error"))
             std::printf("unfinished: consolidate-snapshots merge, intent file %s is unreadable: %s\n",
                         merge["intent"].get<std::string>().c_str(), merge["error"].get<std::string>().c_str());
+        else if (merge.contains("base"))
+            std::printf("unfinished: consolidate-snapshots merge of %s into %s (%s), phase %s (intent file %s); "
+                        "finish it with: %s\n",
+                        merge["top"].get<std::string>().c_str(), merge["base"].get<std::string>().c_str(),
+                        merge["strategy"].get<std::string>().c_str(), merge["phase"].get<std::string>().c_str(),
+                        merge["intent"].get<std::string>().c_str(), merge["command"].get<std::string>().c_str());
         else
             std::printf("unfinished: consolidate-snapshots merge of %s into this disk, phase %s (intent file %s); "
                         "finish it with: %s\n",
@@ -279,7 +311,8 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
                    {"children", relations.children},
                    {"encryption", describe_encryption(*disk, disk_path)},
                    {"unfinishedOperation", describe_operation(disk->files().front()->path())},
-                   {"unfinishedMerge", describe_merge(path, disk_path)},
+                   {"unfinishedMerge", disk->format() == "qcow2" ? describe_qcow2_merge(path, disk_path)
+                                                                 : describe_merge(path, disk_path)},
                    {"inUse", in_use}};
     if (const auto* image = dynamic_cast<const qcow2::QcowDisk*>(disk.get()))
         report["qcow2"] = qcow2::describe_image(*image, disk_path);

@@ -7,7 +7,8 @@
 # current state must still be readable: through the top before the commit point, through the base
 # after it. Re-running the command must finish the job: the base identical to
 # the export of the top taken before, qemu-img check without errors or leaks, no snapshots, the
-# overlays and the intent file gone.
+# overlays and the intent file gone. After each kill, inspect of the base, the top and any branch image
+# left must report the unfinished merge and how to resume it, in text and JSON, and change no file.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/consolidate_qcow2_lib.sh"
@@ -86,6 +87,40 @@ qemu-img convert -f qcow2 -O raw "$snapshot_template/image.qcow2" "$snapshot_exp
 
 run=0
 
+# Fails unless inspect (text and --json) of IMAGE in DIR reports the unfinished merge into BASE that the
+# intent file records: its phase and the command that resumes it.
+expect_inspect_reports_merge() {
+    local dir=$1 image=$2 base=$3 context=$4
+    local intent="$dir/$base.vmcrypt-consolidate-qcow2" phase=copy
+    grep -q '"phase": "switch"' "$intent" && phase=switch
+    expect_exit 0 "$VMCRYPT" inspect "$dir/$image"
+    grep -qF "unfinished: consolidate-snapshots merge of $dir/top.qcow2 into $dir/$base (" <<<"$LAST_STDOUT" ||
+        fail "$context: inspect of $image does not report the unfinished merge: $LAST_STDOUT"
+    grep -qF "phase $phase (intent file $intent); finish it with: vmcrypt consolidate-snapshots $dir/$base" <<<"$LAST_STDOUT" ||
+        fail "$context: inspect of $image does not report phase $phase and how to resume: $LAST_STDOUT"
+    expect_exit 0 "$VMCRYPT" --json inspect "$dir/$image"
+    "$PYTHON" -c '
+import json, sys
+merge = json.load(sys.stdin)["unfinishedMerge"]
+intent, phase, base, top = sys.argv[1:5]
+assert merge["intent"] == intent, merge
+assert merge["phase"] == phase, merge
+assert merge["base"] == base, merge
+assert merge["top"] == top, merge
+assert merge["command"] == "vmcrypt consolidate-snapshots " + base, merge
+' "$intent" "$phase" "$dir/$base" "$dir/top.qcow2" <<<"$LAST_STDOUT" ||
+        fail "$context: inspect --json of $image does not report the unfinished merge: $LAST_STDOUT"
+}
+
+# Fails unless the files in DIR have the hashes that hash_folder saved in FILE (inspect changes none).
+expect_folder_hashes() {
+    local dir=$1 file=$2 context=$3
+    hash_folder "$dir" >"$TEST_TMP/inspect-after.hash"
+    cmp -s "$file" "$TEST_TMP/inspect-after.hash" ||
+        fail "$context: inspect changed files:
+$(diff "$file" "$TEST_TMP/inspect-after.hash" || true)"
+}
+
 # Fails unless the files a kill left read as the original top did. A stream merge makes the top stand
 # alone at the commit point and renames it over the base later, so until that rename the top still
 # reads the current state.
@@ -130,6 +165,14 @@ crash_at() {
     fi
     if [[ $disk == top.qcow2 ]]; then
         expect_state_readable "$dir" "$base" "$raw" "$context"
+        if [[ -e $dir/$base.vmcrypt-consolidate-qcow2 && $base == *.qcow2 ]]; then
+            hash_folder "$dir" >"$TEST_TMP/inspect-before.hash"
+            expect_inspect_reports_merge "$dir" "$base" "$base" "$context"
+            if [[ -e $dir/top.qcow2 ]]; then
+                expect_inspect_reports_merge "$dir" top.qcow2 "$base" "$context"
+            fi
+            expect_folder_hashes "$dir" "$TEST_TMP/inspect-before.hash" "$context"
+        fi
     else
         expect_qcow2_equals_raw "$dir/$base" "$raw" "($context, before the re-run)"
     fi
@@ -225,11 +268,16 @@ crash_branching() {
     expect_state_readable "$dir" base.qcow2 "$branch_expected" "$context"
 
     # Each branch image left must read as before, because its parents stay untouched until it is gone.
+    # inspect of it, and of the base, reports the merge that removes it.
     local image
+    hash_folder "$dir" >"$TEST_TMP/inspect-before.hash"
     for image in "${branch_images[@]}"; do
         [[ -e $dir/$image ]] || continue
         expect_qcow2_equals_raw "$dir/$image" "$TEST_TMP/branch-$image.raw" "($context, branch image $image left)"
+        expect_inspect_reports_merge "$dir" "$image" base.qcow2 "$context"
     done
+    expect_inspect_reports_merge "$dir" base.qcow2 base.qcow2 "$context"
+    expect_folder_hashes "$dir" "$TEST_TMP/inspect-before.hash" "$context"
 
     expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2"
     expect_qcow2_equals_raw "$dir/base.qcow2" "$branch_expected" "($context, after the re-run)"
