@@ -5,7 +5,8 @@
 # with every branch image listed and every file unchanged. An image that uses the top is rejected even
 # with the option. With it, the kept branch is merged (identical to the top's export, qemu-img check
 # clean), the other branches' images are gone, and unrelated files in the folder are byte for byte the
-# same. Run for a chain merged by commit and one merged by stream.
+# same. A branch image that QEMU has open stops the merge before its first write. Run for a chain
+# merged by commit and one merged by stream.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/consolidate_qcow2_lib.sh"
@@ -46,6 +47,25 @@ make_branching_chain() {
         qemu-img create -q -f qcow2 -b other.qcow2 -F qcow2 other-overlay.qcow2
         echo "notes about this VM" >notes.txt
     )
+}
+
+# Opens the qcow2 IMAGE without its backing file in qemu-io, which holds QEMU's image lock on IMAGE
+# alone until release_image (lib.sh).
+hold_image_alone() {
+    local image=$1 fifo="$TEST_TMP/qemu-io.fifo"
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    qemu-io "json:{\"driver\": \"qcow2\", \"file\": {\"driver\": \"file\", \"filename\": \"$image\"}, \"backing\": null}" \
+        <"$fifo" >"$TEST_TMP/qemu-io.out" 2>&1 &
+    HOLDER_PID=$!
+    register_background_pid "$HOLDER_PID"
+    exec {HOLDER_FD}>"$fifo"
+    for _ in $(seq 1 200); do
+        grep -q 'qemu-io>' "$TEST_TMP/qemu-io.out" && return 0
+        process_running "$HOLDER_PID" || fail "test setup: qemu-io could not open $image: $(cat "$TEST_TMP/qemu-io.out")"
+        sleep 0.05
+    done
+    fail "test setup: qemu-io did not open $image: $(cat "$TEST_TMP/qemu-io.out")"
 }
 
 # Runs the whole case for STRATEGY.
@@ -101,6 +121,15 @@ $(diff "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || true)"
         "${branch_files[@]}" <<<"$LAST_STDOUT" || fail "$strategy: removedBranchFiles is wrong: $LAST_STDOUT"
     hash_folder "$dir" >"$TEST_TMP/after.hash"
     cmp -s "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || fail "$strategy: --dry-run changed files"
+
+    # A branch image that QEMU has open is reported before the first write, and nothing changes.
+    hold_image_alone "$dir/sibling-child.qcow2"
+    expect_exit 5 "$VMCRYPT" consolidate-snapshots --delete-other-branches "$dir/top.qcow2"
+    expect_stderr_contains "$dir/sibling-child.qcow2"
+    release_image
+    hash_folder "$dir" >"$TEST_TMP/after.hash"
+    cmp -s "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || fail "$strategy: the merge rejected for a branch image in use changed files"
+    [[ -z $(find "$dir" -name '*.vmcrypt-consolidate-qcow2') ]] || fail "$strategy: an intent file was left in $dir"
 
     # With the option: the branch merged, the other branches gone, the unrelated files unchanged.
     (cd "$dir" && sha256sum other.qcow2 other-overlay.qcow2 notes.txt) >"$TEST_TMP/unrelated.hash"
