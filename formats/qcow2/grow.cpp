@@ -63,7 +63,7 @@ void grow_qcow2_image(File& file, Header& header, Refcounts& refcounts, std::uin
     if (new_entries == old_entries) {
         fault_point("qcow2-grow-l1-written");
     } else if (old_entries > 0 && clusters_for(header, new_entries * 8) <= old_clusters) {
-        // The cluster tail past the old entries may hold stale bytes: QEMU writes only the entries.
+        // The cluster tail past the old entries is not part of the table, so it may hold stale bytes.
         const std::vector<std::uint8_t> zeros((new_entries - old_entries) * 8, 0);
         file.write_exact(header.l1_table_offset + old_entries * 8, zeros);
         file.sync_data();

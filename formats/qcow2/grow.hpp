@@ -1,6 +1,6 @@
 #pragma once
-// Growing the guest size of a qcow2 image without a backing file, as QEMU 7.2's qcow2_co_truncate does
-// without preallocation: the header gets the new size, and the L1 table gets (zero) entries for it.
+// Growing the guest size of a qcow2 image without a backing file, as qemu-img resize does without
+// preallocation: the header gets the new size, and the L1 table gets (zero) entries for it.
 //
 // Write order, so that a crash leaks clusters at worst and never leaves a header naming a table that is
 // not fully written:
