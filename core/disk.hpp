@@ -158,6 +158,16 @@ public:
         (void)record;
         throw UnsupportedInput(format() + " disk: vmcrypt cannot add key slots to its foreign encryption");
     }
+
+    // An unfinished consolidate-snapshots merge that the disk takes part in, as the format records it
+    // (qcow2: an intent file that may sit next to another image of the chain), with the image to give
+    // consolidate-snapshots to finish it. The default finds none: the engine looks for a VMDK merge's
+    // intent file next to the disk itself.
+    struct MergeInProgress {
+        std::filesystem::path intent;
+        std::string resume_disk;
+    };
+    virtual std::optional<MergeInProgress> merge_in_progress() const { return std::nullopt; }
 };
 
 }  // namespace vmcrypt

@@ -135,7 +135,7 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
     if (!fields)
         throw WrongDiskState(where + ": the disk is not encrypted by vmcrypt (no ddb.vmcrypt record); nothing to "
                              "rekey; encrypt it with: vmcrypt encrypt " + where);
-    check_no_unfinished_merge(path, where, DiskContent::encrypted);
+    check_no_unfinished_merge(*disk, path, where, DiskContent::encrypted);
     EncryptionRecord old_record = EncryptionRecord::from_fields(*fields, where);
     if (old_record.state != RecordState::encrypted)
         throw InvalidInput(where + ": the encryption record state is \"" + to_string(old_record.state) + "\" but the journal " +

@@ -231,7 +231,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
     std::unique_ptr<Disk> disk = opener(path, Access::read_write);
     lock_disk(*disk);
     if (operation == Operation::encrypt)
-        check_no_unfinished_merge(path, where, disk->record() ? DiskContent::encrypted : DiskContent::plaintext);
+        check_no_unfinished_merge(*disk, path, where, disk->record() ? DiskContent::encrypted : DiskContent::plaintext);
     // Decrypt of another product's encryption that vmcrypt can unlock (QEMU LUKS with its passphrase).
     std::optional<SecureBytes> foreign_dek;
     KeySource* foreign_source = nullptr;

@@ -100,12 +100,19 @@ std::optional<std::filesystem::path> find_unfinished_merge(const std::filesystem
     return std::nullopt;
 }
 
-void check_no_unfinished_merge(const std::filesystem::path& disk, const std::string& where, DiskContent content)
+void check_no_unfinished_merge(const Disk& disk, const std::filesystem::path& path, const std::string& where,
+                               DiskContent content)
 {
-    std::optional<std::filesystem::path> intent = find_unfinished_merge(disk);
-    if (!intent)
-        return;
-    std::string consolidate = shell_command({"vmcrypt", "consolidate-snapshots", where});
+    std::optional<std::filesystem::path> intent = find_unfinished_merge(path);
+    std::string resume_disk = where;
+    if (!intent) {
+        std::optional<Disk::MergeInProgress> merge = disk.merge_in_progress();
+        if (!merge)
+            return;
+        intent = merge->intent;
+        resume_disk = merge->resume_disk;
+    }
+    std::string consolidate = shell_command({"vmcrypt", "consolidate-snapshots", resume_disk});
     if (content == DiskContent::plaintext)
         throw Interrupted(where + ": an unfinished consolidate-snapshots merge into this disk is recorded in " +
                           intent->string() + ", so the disk may hold only part of its snapshots' data; finish the "

@@ -42,7 +42,8 @@ enum class DiskContent { plaintext, encrypted };
 
 // Rejects with Interrupted a disk that an unfinished consolidate-snapshots merge writes into, naming
 // the command that finishes it: the disk may hold only part of its snapshots' data.
-void check_no_unfinished_merge(const std::filesystem::path& disk, const std::string& where, DiskContent content);
+void check_no_unfinished_merge(const Disk& disk, const std::filesystem::path& path, const std::string& where,
+                               DiskContent content);
 
 // Returns the final metadata of an encrypt, sized with a placeholder check value so that an embedded
 // descriptor without room is rejected before the first write. Sets the options to compute the real

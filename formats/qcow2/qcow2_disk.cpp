@@ -6,6 +6,7 @@
 #include "core/io/locks.hpp"
 #include "core/record/encryption_record.hpp"
 #include "formats/qcow2/big_endian.hpp"
+#include "formats/qcow2/consolidate.hpp"
 #include "formats/qcow2/luks_area.hpp"
 
 #include <algorithm>
@@ -253,6 +254,14 @@ bool QcowDisk::references_complete() const
         return false;
     return std::all_of(header_.extensions.begin(), header_.extensions.end(),
                        [](const HeaderExtension& extension) { return known_extension(extension.type); });
+}
+
+std::optional<Disk::MergeInProgress> QcowDisk::merge_in_progress() const
+{
+    std::optional<UnfinishedMerge> merge = find_unfinished_qcow2_merge(path_);
+    if (!merge)
+        return std::nullopt;
+    return MergeInProgress{merge->intent_path, merge->top};
 }
 
 DiskRelations QcowDisk::relations() const

@@ -53,6 +53,7 @@ public:
     std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
     std::string foreign_cipher() const override;
     bool foreign_adoptable() const override;
+    std::optional<MergeInProgress> merge_in_progress() const override;
     void prepare_adopt(const SecureBytes& dek, const RecordFields& record) override;
     bool can_unlock_foreign() const override;
 

@@ -278,6 +278,11 @@ crash_branching() {
         expect_inspect_reports_merge "$dir" "$image" base.qcow2 "$context"
     done
     expect_inspect_reports_merge "$dir" base.qcow2 base.qcow2 "$context"
+
+    # encrypt of the base must wait for the merge (interrupted: exit 7) and say how to finish it.
+    expect_exit 7 "$VMCRYPT" encrypt "$dir/base.qcow2"
+    [[ $LAST_STDERR == *"consolidate-snapshots"*top.qcow2* ]] ||
+        fail "$context: encrypt of the base does not say how to finish the merge: $LAST_STDERR"
     expect_folder_hashes "$dir" "$TEST_TMP/inspect-before.hash" "$context"
 
     expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2"
