@@ -235,7 +235,7 @@ void process_chunk(const Botan::BlockCipher& data_cipher, Direction direction, s
     xor_tweaks(chunk, tweaks, unit_count * xts_unit_size);
 }
 
-// Processes the units of `input` into `data`, which has the same size; `input` may be `data` itself
+// Processes the units of `input` into `data`, which has the same size. `input` is either `data` itself
 // (in place) or a buffer that does not overlap it. Unit i has the plain64 tweak first_sector + i.
 void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCipher& tweak_cipher,
                    const xts_vaes::RoundKeys* vaes_keys, Direction direction, const std::uint8_t* input,
@@ -276,7 +276,7 @@ void process_units(const Botan::BlockCipher& data_cipher, const Botan::BlockCiph
             continue;
         }
 
-        // Botan's AES works in place, so the batch is copied first; only CPUs without VAES pay for it.
+        // Botan's AES works in place, so the batch is copied first. Only CPUs without VAES pay for it.
         if (batch_input != batch)
             std::memcpy(batch, batch_input, batch_units * xts_unit_size);
 

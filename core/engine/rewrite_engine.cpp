@@ -19,9 +19,9 @@ namespace vmcrypt {
 
 namespace {
 
-// Windows are read, hashed, transformed and written in chunks of 256 KiB, so that a chunk is still in the
-// core's L2 cache (512 KiB to 2 MiB on current x86-64 cores) when the next pass over it starts: the hash
-// right after the read, the write right after XTS. Whole-window passes went to memory for each of the four.
+// Windows are read, hashed, transformed and written in chunks of 256 KiB. A chunk then fits in the core's
+// L2 cache (512 KiB to 2 MiB on current x86-64 cores) when the next pass over it starts: the hash right
+// after the read, the write right after XTS. Whole-window passes went to memory for each of the four.
 constexpr std::uint64_t cache_chunk_units = 512;
 
 // Writeback of a window's written data starts per 4 MiB group, so the device writes while the rest of
@@ -127,7 +127,8 @@ struct RewriteEngine::Impl {
         return mappings;
     }
 
-    // The old content of window bytes [begin, end) when one mapped segment holds all of it, else null.
+    // Returns the old content of window bytes [begin, end) when one mapped segment contains all of it,
+    // else null.
     static const std::uint8_t* mapped_old_content(const std::vector<RunSegment>& segments,
                                                   const std::vector<std::optional<MappedRange>>& mappings,
                                                   std::uint64_t begin, std::uint64_t end)
@@ -285,8 +286,8 @@ struct RewriteEngine::Impl {
                                 previous.get(), mapped_old_content(segments, mappings, begin * 512, stop * 512));
                 write_range(buffer, segments, begin * 512, stop * 512);
 
-                // Whoever writes the last chunk of a writeback group starts the group's writeback. Its
-                // other chunks may still be in flight on the other thread; the hint then skips them.
+                // The thread that writes the last chunk of a writeback group starts the group's writeback.
+                // The hint skips the group's chunks that the other thread has not written yet.
                 if (stop == units || stop % writeback_group_units == 0) {
                     const std::uint64_t group_begin = (stop - 1) / writeback_group_units * writeback_group_units;
                     start_writeback(segments, group_begin * 512, stop * 512);

@@ -30,7 +30,7 @@ bool is_zero_unit(std::span<const std::uint8_t> unit);
 //
 // With `source`, the units' old content is read from there (source[0] is unit first_unit's first byte,
 // and the range must not overlap `buffer`) and the result, transformed or not, is written to `buffer`.
-// Without it, the buffer holds the old content and is transformed in place.
+// Without it, the buffer contains the old content and is transformed in place.
 void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit,
