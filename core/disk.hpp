@@ -129,6 +129,11 @@ public:
         (void)record;
     }
 
+    // Upper bounds of the bytes that prepare_encrypt() and prepare_rekey() allocate in files()[0], which
+    // the caller checks against the free space before the first write. The defaults prepare nothing.
+    virtual std::uint64_t prepare_encrypt_bytes() const { return 0; }
+    virtual std::uint64_t prepare_rekey_bytes() const { return 0; }
+
     // Copies of the DEK that the format keeps in its own metadata and that a deep rekey must replace
     // (qcow2: the LUKS header area, whose master key is the DEK). Called before the journal exists, after
     // every check, with the new DEK and the in-progress (rekeying) record. The disk checks that its

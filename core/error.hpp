@@ -16,7 +16,7 @@ enum class ExitCode : int {
     invalid_input = 3,  // the disk is malformed, unsupported or in the wrong state for the request
     key_error = 4,      // a key is unavailable, or the key or passphrase is wrong
     disk_in_use = 5,    // another program has the disk open
-    io_error = 6,       // a read, write or sync failed
+    io_error = 6,       // a read, write or sync failed, or a file system lacks the space an operation needs
     interrupted = 7,    // an operation was stopped or is unfinished; re-running the command resumes it
 };
 
@@ -68,6 +68,11 @@ struct DiskInUse : Error {
 
 struct IoError : Error {
     explicit IoError(const std::string& m) : Error(ExitCode::io_error, m) {}
+};
+
+// A file system is full (ENOSPC, EDQUOT), or has too little free space for what an operation allocates.
+struct NoSpace : IoError {
+    explicit NoSpace(const std::string& m) : IoError(m) {}
 };
 
 // A stopped or unfinished operation; the disk is consistent and the same command resumes it.

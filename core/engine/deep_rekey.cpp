@@ -5,6 +5,7 @@
 #include "core/engine/key_change.hpp"
 #include "core/engine/operation_steps.hpp"
 #include "core/engine/rekey.hpp"
+#include "core/engine/space_check.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
 #include "core/log.hpp"
@@ -205,6 +206,9 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
         record.seal(dek);
         // The format's own copies of the DEK (a qcow2 LUKS area): written unreferenced now, named by the
         // start metadata and switched to by the final metadata.
+        check_rewrite_space(*disk, Operation::rekey,
+                            {options.window_size, metadata_bound(*disk, record.to_fields()), disk->prepare_rekey_bytes()},
+                            where);
         disk->prepare_rekey(dek, record.to_fields());
         plan.start_metadata = disk->record_update(record.to_fields());
         plan.journal_record = record.to_fields();

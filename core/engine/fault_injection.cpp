@@ -50,6 +50,8 @@ void fault_point(std::string_view name)
 
     if (spec.action == "eio")
         throw IoError("injected I/O error at fault point " + spec.name);
+    if (spec.action == "enospc")
+        throw NoSpace("injected ENOSPC at fault point " + spec.name + ": No space left on device");
     ::kill(::getpid(), SIGKILL);
     ::_exit(137);  // not reached
 }

@@ -254,6 +254,12 @@ std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment)
     return (value + alignment - 1) / alignment * alignment;
 }
 
+// A slot holds the entry header, the metadata write and 8 bytes of unit hash per 512-byte unit.
+std::uint64_t slot_size_for(std::uint64_t window_size, std::size_t max_metadata_bytes)
+{
+    return round_up(entry_header_size + max_metadata_bytes + 8 * (window_size / 512), 4096);
+}
+
 }  // namespace
 
 std::string to_string(Operation operation)
@@ -359,11 +365,15 @@ std::optional<JournalSummary> Journal::peek(const std::filesystem::path& path)
     return summary;
 }
 
+std::uint64_t Journal::file_size(std::uint64_t window_size, std::size_t max_metadata_bytes)
+{
+    return header_area + 2 * slot_size_for(window_size, max_metadata_bytes);
+}
+
 Journal Journal::create(const std::filesystem::path& path, JournalHeader header, const JournalEntry& first,
                         std::size_t max_metadata_bytes, const SecureBytes& dek)
 {
-    std::uint64_t units_per_window = header.window_size / 512;
-    header.slot_size = round_up(entry_header_size + max_metadata_bytes + 8 * units_per_window, 4096);
+    header.slot_size = slot_size_for(header.window_size, max_metadata_bytes);
     if (header.slot_size > max_slot_size)
         throw UsageError("--window-size: a window of " + std::to_string(header.window_size >> 20) +
                          " MiB needs a journal slot above the 64 MiB limit; use a smaller window");

@@ -71,6 +71,10 @@ public:
     static Journal create(const std::filesystem::path& path, JournalHeader header, const JournalEntry& first,
                           std::size_t max_metadata_bytes, const SecureBytes& dek);
 
+    // The size of the journal file that create() makes for this window size and metadata bound; the
+    // journal never takes more space.
+    static std::uint64_t file_size(std::uint64_t window_size, std::size_t max_metadata_bytes);
+
     // Opens an existing journal and verifies the header MAC; throws InvalidInput on forgery or damage.
     static Journal open(const std::filesystem::path& path, const SecureBytes& dek);
 

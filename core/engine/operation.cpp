@@ -5,6 +5,7 @@
 #include "core/engine/data_check.hpp"
 #include "core/engine/key_change.hpp"
 #include "core/engine/operation_steps.hpp"
+#include "core/engine/space_check.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/io/locks.hpp"
@@ -274,6 +275,10 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
                 record.key_slots.push_back(seal_new_slot(*source, dek));
             record.state = RecordState::encrypting;
             record.seal(dek);
+            check_rewrite_space(*disk, operation,
+                                {options.window_size, metadata_bound(*disk, record.to_fields()),
+                                 disk->prepare_encrypt_bytes()},
+                                where);
             disk->prepare_encrypt(dek, record.to_fields());
             plan.start_metadata = disk->record_update(record.to_fields());
             plan.journal_record = record.to_fields();
@@ -331,6 +336,12 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         for (const KeySlot& slot : record.key_slots)
             report.key_slots.push_back(slot_summary(slot));
     }
+
+    if (operation == Operation::decrypt)
+        check_rewrite_space(*disk, operation,
+                            {options.window_size,
+                             std::max(plan.start_metadata.bytes.size(), plan.final_metadata.bytes.size()), 0},
+                            where);
 
     RewriteEngine engine(*disk, dek, options);
     try {

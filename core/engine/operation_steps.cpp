@@ -6,6 +6,7 @@
 #include "core/engine/data_check.hpp"
 #include "core/engine/operation.hpp"
 #include "core/error.hpp"
+#include "core/io/free_space.hpp"
 #include "core/io/locks.hpp"
 #include "core/text/shell_words.hpp"
 
@@ -200,6 +201,26 @@ std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)
     return sources;
 }
 
+namespace {
+
+// What a failure before the journal existed leaves, for the message.
+std::string state_before_journal(Operation operation)
+{
+    switch (operation) {
+    case Operation::encrypt:
+        return "nothing is encrypted yet and the disk is still valid plaintext with the same guest data (a qcow2 "
+               "image may keep decompressed copies of its compressed clusters and leaked clusters, which the next "
+               "run repairs)";
+    case Operation::rekey:
+        return "nothing is rekeyed yet and the disk is still valid under its old key (a qcow2 image may keep a "
+               "leaked new LUKS area, which the next run repairs)";
+    default:
+        return "nothing was written";
+    }
+}
+
+}  // namespace
+
 OperationReport add_resume_hint(Operation operation, const std::filesystem::path& disk_path,
                                 const std::function<OperationReport()>& operation_body)
 {
@@ -212,15 +233,29 @@ OperationReport add_resume_hint(Operation operation, const std::filesystem::path
         return operation_body();
     } catch (const Interrupted&) {
         throw;
+    } catch (const FreeSpaceCheckFailed&) {
+        throw;  // nothing was written, and the message says so
     } catch (const Error& e) {
+        const bool no_space = dynamic_cast<const NoSpace*>(&e) != nullptr;
+        const std::string fix = no_space ? "free space on that file system" : "fix the cause";
+        if (journal_path.empty() || !std::filesystem::exists(journal_path, ec)) {
+            // "Nothing changed yet": a failed read or write before the journal existed. Only a format's
+            // prepare step (a qcow2 image's decompressed clusters and new LUKS area) may have written,
+            // and it leaves a valid disk.
+            if (e.code() != ExitCode::io_error)
+                throw;
+            const std::string message = std::string(e.what()) + "; " + state_before_journal(operation) + ": " + fix +
+                                        " and run `" + resume_command(operation, disk_path) + "` again";
+            if (no_space)
+                throw NoSpace(message);
+            throw IoError(message);
+        }
         // "Recovery needed": the journal exists, so the disk is mid-operation and consistent. Say how to
-        // finish; failures before the journal existed changed nothing and keep their message.
-        if (journal_path.empty() || !std::filesystem::exists(journal_path, ec))
-            throw;
+        // finish.
         if (had_journal && e.code() != ExitCode::io_error)
             throw;
         throw Error(e.code(), std::string(e.what()) + "; the " + to_string(operation) +
-                                  " is unfinished but the disk is consistent: fix the cause and run `" +
+                                  " is unfinished but the disk is consistent: " + fix + " and run `" +
                                   resume_command(operation, disk_path) + "` to resume");
     }
 }

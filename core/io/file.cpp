@@ -16,7 +16,10 @@ namespace {
 [[noreturn]] void throw_errno(const std::string& what, const std::filesystem::path& path)
 {
     const int saved = errno;
-    throw IoError(path.string() + ": " + what + " failed: " + std::strerror(saved));
+    const std::string message = path.string() + ": " + what + " failed: " + std::strerror(saved);
+    if (saved == ENOSPC || saved == EDQUOT)
+        throw NoSpace(message);
+    throw IoError(message);
 }
 
 }  // namespace

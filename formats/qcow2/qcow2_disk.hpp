@@ -50,6 +50,8 @@ public:
     std::vector<ExtentInfo> extents() const override;
     void prepare_encrypt(const SecureBytes& dek, const RecordFields& record) override;
     void prepare_rekey(const SecureBytes& new_dek, const RecordFields& record) override;
+    std::uint64_t prepare_encrypt_bytes() const override;
+    std::uint64_t prepare_rekey_bytes() const override;
     std::optional<SecureBytes> unlock_foreign(const SecureBytes* passphrase) override;
     std::string foreign_cipher() const override;
     bool foreign_adoptable() const override;
@@ -74,6 +76,9 @@ private:
     ClusterReferences count_references();
     void check_refcounts(const ClusterReferences& references) const;
     void repair_leaks();
+    // An upper bound of what `allocations` calls of Refcounts::allocate() for `clusters` clusters in all
+    // add to the file, in bytes.
+    std::uint64_t allocation_bound(std::uint64_t clusters, std::uint64_t allocations) const;
     void decompress_clusters();
     CryptoHeaderPointer write_luks_area(const std::vector<std::uint8_t>& area);
     Header header_for(const std::optional<RecordFields>& fields) const;

@@ -96,6 +96,42 @@ void QcowDisk::prepare_rekey(const SecureBytes& new_dek, const RecordFields& rec
     next_area_ = pointer;
 }
 
+std::uint64_t QcowDisk::prepare_encrypt_bytes() const
+{
+    const std::uint64_t cluster_size = header_.cluster_size();
+    const std::uint64_t compressed = map_.compressed.size();
+    const std::uint64_t area_clusters = (luks_area_size() + cluster_size - 1) / cluster_size;
+    const std::uint64_t batches = (compressed + decompress_batch - 1) / decompress_batch;
+    return allocation_bound(compressed + area_clusters, batches + 1);
+}
+
+std::uint64_t QcowDisk::prepare_rekey_bytes() const
+{
+    const std::uint64_t cluster_size = header_.cluster_size();
+    return allocation_bound((luks_area_size() + cluster_size - 1) / cluster_size, 1);
+}
+
+// Counts every cluster as new at the end of the file, although allocate() may reuse free clusters
+// inside it. Each call may start a refcount block at a block boundary, and the refcount table grows
+// at most once: to 1.5 times its size or to what the new end needs, with the blocks that cover it.
+std::uint64_t QcowDisk::allocation_bound(std::uint64_t clusters, std::uint64_t allocations) const
+{
+    if (!refcounts_ || clusters == 0)
+        return 0;
+    const std::uint64_t cluster_size = header_.cluster_size();
+    const std::uint64_t per_block = refcounts_->entries_per_block();
+    std::uint64_t total = clusters + clusters / per_block + allocations + 1;
+
+    const std::uint64_t end = refcounts_->end_of_used_clusters() + total;
+    if (end > refcounts_->covered_clusters()) {
+        const std::uint64_t table_entries = refcounts_->covered_clusters() / per_block;
+        const std::uint64_t entries = std::max(end / per_block + 2, table_entries + table_entries / 2 + 1);
+        const std::uint64_t table_clusters = (entries * 8 + cluster_size - 1) / cluster_size;
+        total += table_clusters + table_clusters / per_block + 2;
+    }
+    return total * cluster_size;
+}
+
 void QcowDisk::repair_leaks()
 {
     if (!references_complete()) {

@@ -2,6 +2,7 @@
 
 #include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
+#include "core/io/free_space.hpp"
 #include "formats/vmdk/grain_directory.hpp"
 
 #include <algorithm>
@@ -191,7 +192,14 @@ BaseWriteEstimate BaseWriter::check(const std::vector<GuestRun>& runs)
     for (const GuestRun& run : runs) {
         (run.kind == GuestRunKind::data ? estimate.data_bytes : estimate.zero_bytes) += run.length;
         split_by_extent(targets_, run, [&](Target& target, const GuestRun& piece) {
-            if (piece.kind != GuestRunKind::data || target.kind == Target::Kind::flat)
+            if (target.kind == Target::Kind::flat) {
+                // Zeros are written as bytes too, so a hole of a thin flat extent fills either way.
+                const std::uint64_t host = target.file_offset + (piece.guest_offset - target.guest_start);
+                if (std::uint64_t holes = unallocated_bytes(*target.file, host, piece.length))
+                    estimate.allocated_bytes[target.file->path()] += holes;
+                return;
+            }
+            if (piece.kind != GuestRunKind::data)
                 return;
             if (target.kind == Target::Kind::zero)
                 throw UnsupportedInput(base_.descriptor().file_name() + ": a snapshot stores data at guest byte " +
@@ -223,6 +231,7 @@ BaseWriteEstimate BaseWriter::check(const std::vector<GuestRun>& runs)
     for (const auto& [target, count] : new_grains) {
         std::uint64_t appended = count * target->header.grain_size * 512;
         estimate.appended_bytes += appended;
+        estimate.allocated_bytes[target->file->path()] += appended;
         std::uint64_t end_sector = (target->file->size() + 511) / 512 + count * target->header.grain_size;
         if (end_sector > 0xffffffffull)
             throw UnsupportedInput(target->name + ": merging the snapshots would grow the extent file past 2 TiB, "

@@ -12,6 +12,7 @@
 #include "formats/vmdk/sparse_grain_tables.hpp"
 #include "formats/vmdk/vmdk_disk.hpp"
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -24,6 +25,9 @@ struct BaseWriteEstimate {
     std::uint64_t data_bytes = 0;       // bytes copied from the deltas
     std::uint64_t zero_bytes = 0;       // bytes of zeroed grains written as zeros or skipped
     std::uint64_t appended_bytes = 0;   // at most this many bytes are added to sparse extent files
+    // Bytes the file system must allocate per extent file: appended grains, and writes into the holes
+    // of flat extents. Checked against the free space before the first write.
+    std::map<std::filesystem::path, std::uint64_t> allocated_bytes;
 };
 
 class BaseWriter {

@@ -6,6 +6,7 @@
 #include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "core/io/free_space.hpp"
 #include "core/io/locks.hpp"
 #include "core/log.hpp"
 #include "core/text/shell_words.hpp"
@@ -30,6 +31,9 @@ std::filesystem::path absolute_path(const std::filesystem::path& path)
     std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, error);
     return error ? absolute : canonical;
 }
+
+// An estimate of the intent file's size: JSON with the chain's file names, a few KiB in practice.
+constexpr std::uint64_t intent_file_bound = 64 << 10;
 
 std::filesystem::path folder_of(const std::filesystem::path& path)
 {
@@ -502,6 +506,11 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
         report.dry_run = true;
         return report;
     }
+
+    std::vector<SpaceDemand> demands{{intent_path, intent_file_bound, "the intent file"}};
+    for (const auto& [file, bytes] : estimate.allocated_bytes)
+        demands.push_back({file, bytes, "data copied into " + file.filename().string()});
+    check_free_space(demands, top_member.name(), "merge");
 
     write_consolidate_intent(intent_path, intent);
     fault_point("consolidate-intent-written");
