@@ -83,6 +83,15 @@ void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked
     if (!relations.parents.empty())
         throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
                              "; merge the chain first with: " + merge_command(disk, where, where, true));
+    // A snapshot of a VMDK that vmcrypt encrypted holds what a program wrote over the ciphertext and the
+    // ciphertext that copy-on-write copied, which no command can make plaintext (QEMU, in contrast,
+    // decrypts a qcow2 backing image and writes plaintext into its overlays).
+    if (!relations.children.empty() && disk.record() && !disk.data_changes_while_encrypted())
+        throw WrongDiskState(where + ": the disk has snapshots made after it was encrypted (" +
+                             join(relations.children, ", ") + " names it as parent); they hold writes over the "
+                             "ciphertext, which neither decrypt nor consolidate-snapshots can make plaintext, so remove "
+                             "them or move them out of the folder (and point the VM's .vmx back at " + where +
+                             "), then run this command again");
     if (!relations.children.empty())
         throw WrongDiskState(where + ": the disk has snapshots (" + join(relations.children, ", ") +
                              " names it as parent); merge them first with: " +

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
+#include "core/text/shell_words.hpp"
 #include "formats/vmdk/descriptor_syntax.hpp"
 #include "formats/vmdk/sparse_grain_tables.hpp"
 
@@ -156,7 +157,8 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 }
 
 // Refuses a disk that is encrypted (by vmcrypt or VMware) or has an unfinished vmcrypt operation.
-void check_not_encrypted(ChainMember& member)
+// `snapshots` are the chain members above `member`, for the message.
+void check_not_encrypted(ChainMember& member, const std::vector<std::string>& snapshots)
 {
     const Descriptor& descriptor = member.descriptor();
     std::string name = member.name();
@@ -167,6 +169,15 @@ void check_not_encrypted(ChainMember& member)
     if (filters && filters->find("vmwarevmcrypt") != std::string::npos)
         throw WrongDiskState(name + ": the disk is encrypted by VMware (vmwarevmcrypt I/O filter in ddb.iofilters); "
                                     "decrypt the VM in vSphere before consolidating its snapshots");
+    // A snapshot of a vmcrypt-encrypted disk holds what a program wrote over the ciphertext, and the
+    // ciphertext that copy-on-write copied from the base. Merging or decrypting cannot make plaintext of
+    // it, so the way out is to remove the snapshots and decrypt the base.
+    if (descriptor.record() && !snapshots.empty())
+        throw WrongDiskState(name + ": the disk is encrypted by vmcrypt (ddb.vmcrypt.*), so its snapshots (" +
+                             join(snapshots, ", ") + ") were made over ciphertext and cannot be merged into it or "
+                             "decrypted; remove the snapshot files, or move them out of the folder (and point the "
+                             "VM's .vmx back at " + name + "), then decrypt with: " +
+                             shell_command({"vmcrypt", "decrypt", name}) + " and its key options");
     if (descriptor.record())
         throw WrongDiskState(name + ": the disk has a vmcrypt encryption record (ddb.vmcrypt.*); run vmcrypt "
                                     "decrypt " + name + " first, then consolidate the snapshots");
@@ -453,10 +464,16 @@ SnapshotChain open_snapshot_chain(const std::filesystem::path& disk, Access acce
     for (auto it = branch_paths.rbegin(); it != branch_paths.rend(); ++it)
         chain.branches.push_back(ChainMember::open(*it, access));
 
-    for (auto& member : chain.members)
-        check_not_encrypted(*member);
+    std::vector<std::string> snapshots;
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        snapshots.push_back(chain.members[i]->name());
     for (auto& member : chain.branches)
-        check_not_encrypted(*member);
+        snapshots.push_back(member->name());
+    check_not_encrypted(*chain.members.front(), snapshots);
+    for (std::size_t i = 1; i < chain.members.size(); ++i)
+        check_not_encrypted(*chain.members[i], {});
+    for (auto& member : chain.branches)
+        check_not_encrypted(*member, {});
     if (chain.members.size() < 2)
         throw WrongDiskState(chain.members.front()->name() + ": the disk has no snapshots; nothing to consolidate");
     return chain;

@@ -95,7 +95,7 @@ mkdir -p "$dir"
 qemu-img create -q -f vmdk "$dir/base.vmdk" 64M
 expect_exit 0 "$VMCRYPT" encrypt "$dir/base.vmdk"
 (cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk base-000001.vmdk)
-expect_rejected "$dir" 3 "vmcrypt encryption record" "$dir/base-000001.vmdk"
+expect_rejected "$dir" 3 "were made over ciphertext and cannot be merged" "$dir/base-000001.vmdk"
 
 # Locked: QEMU has the top open, a VMware lock folder exists.
 dir="$TEST_TMP/locked"

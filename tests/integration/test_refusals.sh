@@ -39,6 +39,36 @@ expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "encrypt of a disk with a sn
 expect_exit 3 "$VMCRYPT" encrypt "$dir/child.vmdk"
 expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "encrypt of a snapshot child"
 
+# A snapshot made after the base was encrypted holds writes over ciphertext. decrypt of the base,
+# decrypt of the snapshot and consolidate-snapshots all lead to removing the snapshot and decrypting
+# the base, never back to each other, and that path works.
+dir="$TEST_TMP/encrypted-snapshot"
+mkdir "$dir"
+make_small_disk "$dir/base.vmdk" "$TEST_TMP/encrypted-snapshot.raw"
+expect_exit 0 "$VMCRYPT" encrypt "$dir/base.vmdk"
+(cd "$dir" && qemu-img create -q -f vmdk -b base.vmdk -F vmdk base-000001.vmdk)
+qemu-io -f vmdk -c 'write -P 0x66 2M 4k' "$dir/base-000001.vmdk" >/dev/null
+hash_disk_files "$dir" >"$TEST_TMP/hashes"
+expect_exit 3 "$VMCRYPT" consolidate-snapshots "$dir/base-000001.vmdk"
+expect_stderr_contains "were made over ciphertext and cannot be merged"
+expect_stderr_contains "remove the snapshot files"
+expect_stderr_contains "vmcrypt decrypt"
+expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "consolidate-snapshots over an encrypted base"
+expect_exit 3 "$VMCRYPT" decrypt "$dir/base.vmdk"
+expect_stderr_contains "snapshots made after it was encrypted ($dir/base-000001.vmdk names it as parent)"
+expect_stderr_contains "remove them or move them out of the folder"
+if grep -qF "vmcrypt consolidate-snapshots" "$TEST_TMP/last.stderr"; then
+    fail "decrypt of an encrypted base with a snapshot sends the user to consolidate-snapshots: $LAST_STDERR"
+fi
+expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "decrypt of an encrypted base with a snapshot"
+expect_exit 3 "$VMCRYPT" decrypt "$dir/base-000001.vmdk"
+expect_stderr_contains "vmcrypt consolidate-snapshots"
+expect_contents_unchanged "$dir" "$TEST_TMP/hashes" "decrypt of a snapshot of an encrypted base"
+# The advice, followed: remove the snapshot, then decrypt the base.
+rm "$dir/base-000001.vmdk"
+expect_exit 0 "$VMCRYPT" decrypt "$dir/base.vmdk"
+expect_same_as_raw "$dir/base.vmdk" "$TEST_TMP/encrypted-snapshot.raw" "after removing the snapshot and decrypting"
+
 # A disk open in QEMU: rejected with exit 5 and nothing written. Encrypt works once QEMU is gone.
 dir="$TEST_TMP/qemu-lock"
 disk="$dir/disk.vmdk"
