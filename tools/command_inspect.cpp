@@ -131,13 +131,16 @@ json describe_operation(const std::filesystem::path& metadata_file)
             break;
         }
     }
-    return {{"operation", to_string(summary->header.operation)},
-            {"phase", phase},
-            {"bytesDone", done},
-            {"bytesTotal", summary->header.total_bytes},
-            {"windowSize", summary->header.window_size},
-            {"journal", journal_path.string()},
-            {"authenticated", false}};
+    json operation = {{"operation", to_string(summary->header.operation)},
+                      {"phase", phase},
+                      {"bytesDone", done},
+                      {"bytesTotal", summary->header.total_bytes},
+                      {"windowSize", summary->header.window_size},
+                      {"journal", journal_path.string()},
+                      {"authenticated", false}};
+    if (!summary->damage.empty())
+        operation["damaged"] = summary->damage;
+    return operation;
 }
 
 std::string join_names(const json& names)
@@ -238,6 +241,11 @@ void print_text(const json& report)
         if (operation.contains("error"))
             std::printf("unfinished: journal %s is unreadable: %s\n", operation["journal"].get<std::string>().c_str(),
                         operation["error"].get<std::string>().c_str());
+        else if (operation.contains("damaged"))
+            std::printf("unfinished: %s, journal %s is damaged (%s), so the operation cannot be resumed and the "
+                        "disk may be partly rewritten; keep both as they are and restore the disk from a backup\n",
+                        operation["operation"].get<std::string>().c_str(),
+                        operation["journal"].get<std::string>().c_str(), operation["damaged"].get<std::string>().c_str());
         else
             std::printf("unfinished: %s, %s of %s done (journal %s); %s\n",
                         operation["operation"].get<std::string>().c_str(), format_bytes(operation["bytesDone"]).c_str(),

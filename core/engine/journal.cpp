@@ -362,6 +362,15 @@ std::optional<JournalSummary> Journal::peek(const std::filesystem::path& path)
             // A never-written or damaged slot.
         }
     }
+
+    // create() gives the file its full size before the rename, so a shorter file was cut.
+    const std::uint64_t expected_size = header_area + 2 * summary.header.slot_size;
+    const std::uint64_t size = file.size();
+    if (size < expected_size)
+        summary.damage = "the file is " + std::to_string(size) + " bytes, shorter than the " +
+                         std::to_string(expected_size) + " bytes vmcrypt creates, so it was truncated";
+    else if (!summary.newest)
+        summary.damage = "no entry header is well-formed";
     return summary;
 }
 

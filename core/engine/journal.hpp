@@ -56,6 +56,9 @@ struct JournalEntry {
 struct JournalSummary {
     JournalHeader header;
     std::optional<JournalEntry> newest;
+    // Why the journal cannot be resumed, seen without the key: a file shorter than create() makes it,
+    // or no well-formed entry header. Empty when neither was found; the MACs are checked only on resume.
+    std::string damage;
 };
 
 class Journal {

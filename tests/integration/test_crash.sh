@@ -246,6 +246,25 @@ PY
         expect_same_as_raw "$disk" "$TEST_TMP/journal.raw" "after a resume from a journal damaged at byte $offset and decrypt"
     fi
 done
+
+# A truncated journal: inspect calls it damaged, in text and JSON, and does not offer a resume that
+# encrypt then rejects.
+rm -rf "$dir"
+cp -a "$saved" "$dir"
+truncate -s 1000 "$disk.vmcrypt-journal"
+expect_exit 0 "$VMCRYPT" inspect "$disk"
+grep -qF "unfinished: encrypt, journal $disk.vmcrypt-journal is damaged (the file is 1000 bytes" <<<"$LAST_STDOUT" ||
+    fail "inspect does not report the truncated journal as damaged: $LAST_STDOUT"
+if grep -qF "run the same command to resume" <<<"$LAST_STDOUT"; then
+    fail "inspect offers a resume from a truncated journal: $LAST_STDOUT"
+fi
+expect_exit 0 "$VMCRYPT" --json inspect "$disk"
+[[ $("$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["unfinishedOperation"].get("damaged", ""))' \
+    <<<"$LAST_STDOUT") == *truncated* ]] ||
+    fail "inspect --json does not report the truncated journal as damaged: $LAST_STDOUT"
+hash_disk_files "$dir" >"$TEST_TMP/hashes.damaged"
+expect_exit 3 "$VMCRYPT" encrypt "$disk"
+expect_contents_unchanged "$dir" "$TEST_TMP/hashes.damaged" "encrypt with a truncated journal"
 rm -rf "$saved"
 
 # SIGTERM during encrypt and SIGINT during decrypt of the monolithicSparse disk.
