@@ -36,9 +36,8 @@ void ClusterReferences::add(std::uint64_t offset, std::uint64_t length, Owner ow
     std::uint64_t last = (offset + length - 1) >> cluster_bits_;
     for (std::uint64_t cluster = first; cluster <= last && cluster < counts_.size(); ++cluster) {
         if (owners_[cluster] != Owner::none && (owner == Owner::exclusive || owners_[cluster] == Owner::exclusive))
-            throw InvalidInput(where_ + ": " + what + " at " + hex(offset) + " overlaps cluster " +
-                               std::to_string(cluster) + ", which other metadata or data already uses; run "
-                               "qemu-img check -r all on the image");
+            throw SharedCluster(where_ + ": " + what + " at " + hex(offset) + " overlaps cluster " +
+                                std::to_string(cluster) + ", which other metadata or data already uses");
         owners_[cluster] = owner;
         ++counts_[cluster];
     }

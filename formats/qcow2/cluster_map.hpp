@@ -6,6 +6,7 @@
 // (bits 0-31 allocated, 32-63 reads as zero, 32 subclusters per cluster).
 
 #include "core/disk.hpp"
+#include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "formats/qcow2/header.hpp"
 
@@ -31,6 +32,12 @@ struct CompressedCluster {
     std::uint64_t entry_offset = 0;  // file offset of the L2 entry
     std::uint64_t host_offset = 0;   // bytes, not aligned
     std::uint64_t stored_bytes = 0;  // up to the end of the entry's last 512-byte sector
+};
+
+// A host cluster that two references claim: two guest clusters, or data and metadata. qemu-img check
+// -r all raises the refcount to match but keeps the sharing, so the caller names another way out.
+struct SharedCluster : InvalidInput {
+    explicit SharedCluster(const std::string& m) : InvalidInput(m) {}
 };
 
 // Host cluster use found by the table walk, for the refcount checks.

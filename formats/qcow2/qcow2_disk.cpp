@@ -71,10 +71,11 @@ std::vector<std::uint8_t> read_cluster0(const File& file)
     return bytes;
 }
 
-std::string QcowDisk::qemu_img_command(const std::string& subcommand) const
+std::string QcowDisk::qemu_img_command(const std::string& subcommand, const std::string& output) const
 {
+    const std::string output_argument = output.empty() ? "" : " " + output;
     if (static_cast<CryptMethod>(header_.crypt_method) != CryptMethod::luks)
-        return "qemu-img " + subcommand + " " + name_;
+        return "qemu-img " + subcommand + " " + name_ + output_argument;
 
     // qemu-img needs the LUKS secret, read from a file so that it stays off the command line.
     const bool vmcrypt_record = header_.find_extension(ext_vmcrypt) || header_.find_extension(ext_vmcrypt_record_pointer);
@@ -82,7 +83,7 @@ std::string QcowDisk::qemu_img_command(const std::string& subcommand) const
                                         ? "(write sec.txt with: vmcrypt qemu-secret -o sec.txt " + name_ + ")"
                                         : "(sec.txt holding the image's LUKS passphrase)";
     return "qemu-img " + subcommand + " --object secret,id=sec0,file=sec.txt --image-opts driver=qcow2,file.filename=" +
-           name_ + ",encrypt.key-secret=sec0 " + secret_file;
+           name_ + ",encrypt.key-secret=sec0" + output_argument + " " + secret_file;
 }
 
 std::unique_ptr<QcowDisk> QcowDisk::open(File file, const std::filesystem::path& path)
@@ -141,7 +142,17 @@ void QcowDisk::load(bool check_state)
         refcounts_.reset();
     } else {
         refcounts_ = Refcounts::load(file, header_, name_);
-        check_refcounts(count_references());
+        try {
+            check_refcounts(count_references());
+        } catch (const SharedCluster& e) {
+            // Rewriting a shared cluster in place would encrypt it twice with two tweaks. A copy gives
+            // every guest cluster its own host cluster.
+            const bool encrypted = static_cast<CryptMethod>(header_.crypt_method) == CryptMethod::luks;
+            throw InvalidInput(std::string(e.what()) + "; qemu-img check -r all keeps such sharing, so copy the "
+                               "image with: " + qemu_img_command("convert -O qcow2", "new.qcow2") +
+                               (encrypted ? ", which makes a plaintext copy to encrypt again," : "") +
+                               " and use the copy");
+        }
     }
 }
 

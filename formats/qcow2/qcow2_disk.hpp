@@ -82,9 +82,10 @@ private:
     void decompress_clusters();
     CryptoHeaderPointer write_luks_area(const std::vector<std::uint8_t>& area);
     Header header_for(const std::optional<RecordFields>& fields) const;
-    // The qemu-img command line for `subcommand` ("check -r all") on this image, with the secret
-    // options and how to get the secret when the image is LUKS-encrypted.
-    std::string qemu_img_command(const std::string& subcommand) const;
+    // The qemu-img command line for `subcommand` ("check -r all") on this image, then `output` (a
+    // convert's target, if any), with the secret options and how to get the secret when the image is
+    // LUKS-encrypted.
+    std::string qemu_img_command(const std::string& subcommand, const std::string& output = "") const;
     // True when the record `fields` goes into the LUKS area (see luks_record_offset) instead of cluster 0.
     bool record_in_luks_area(const RecordFields& fields) const;
     // The header bytes record_update() and apply() write for `fields`, padded to whole sectors.

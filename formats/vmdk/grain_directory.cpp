@@ -67,7 +67,7 @@ std::vector<std::uint8_t> read_region(const File& file, std::uint64_t offset, st
     return bytes;
 }
 
-// Throws InvalidInput when two runs of one extent share host bytes, which would make two guest grains
+// Throws SharedGrains when two runs of one extent share host bytes, which would make two guest grains
 // one and let an in-place rewrite transform the same bytes twice.
 void check_no_shared_grains(const std::vector<DataRun>& runs, const SparseHeader& header,
                             std::uint64_t first_guest_sector, std::string_view file_name)
@@ -87,8 +87,8 @@ void check_no_shared_grains(const std::vector<DataRun>& runs, const SparseHeader
         std::uint64_t before_sector = before.first_sector + (after.host_offset - before.host_offset) / 512;
         std::uint64_t before_grain = (before_sector - first_guest_sector) / header.grain_size;
         std::uint64_t after_grain = (after.first_sector - first_guest_sector) / header.grain_size;
-        throw InvalidInput(std::string(file_name) + ": " + entry_name(after_grain) + " and " +
-                           entry_name(before_grain) + " point to overlapping host sectors" + damaged);
+        throw SharedGrains(std::string(file_name) + ": " + entry_name(after_grain) + " and " +
+                           entry_name(before_grain) + " point to overlapping host sectors");
     }
 }
 

@@ -6,6 +6,7 @@
 // anything else = the grain's first sector in the file.
 
 #include "core/disk.hpp"
+#include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "formats/vmdk/sparse_header.hpp"
 
@@ -30,6 +31,12 @@ std::vector<std::uint32_t> parse_grain_table(std::span<const std::uint8_t> bytes
                                              const SparseHeader& header, std::uint64_t file_size,
                                              std::string_view file_name);
 
+// Two grain table entries whose grains share host sectors. qemu-img reads such an extent, but an
+// in-place rewrite would transform the shared bytes twice.
+struct SharedGrains : InvalidInput {
+    explicit SharedGrains(const std::string& m) : InvalidInput(m) {}
+};
+
 struct SparseExtentScan {
     std::vector<DataRun> runs;        // allocated grains in guest order, merged where contiguous
     std::uint64_t allocated_bytes = 0;
@@ -39,7 +46,7 @@ struct SparseExtentScan {
 // Returns the allocated grains as data runs of file `file_index`, where `first_guest_sector` is the
 // guest sector of the extent's first grain. With the redundant-GD flag, the redundant directory and
 // tables must match the primary ones entry for entry. Grain tables must lie between the header and
-// overHead, outside the embedded descriptor, and no two GTEs may share host sectors.
+// overHead, outside the embedded descriptor, and no two GTEs may share host sectors (SharedGrains).
 // Throws InvalidInput naming the GD or GT entry at fault.
 SparseExtentScan scan_sparse_extent(const File& file, const SparseHeader& header, std::size_t file_index,
                                     std::uint64_t first_guest_sector, std::string_view file_name);

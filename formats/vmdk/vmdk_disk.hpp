@@ -9,6 +9,7 @@
 #include "core/disk.hpp"
 #include "core/io/file.hpp"
 #include "formats/vmdk/descriptor.hpp"
+#include "formats/vmdk/grain_directory.hpp"
 #include "formats/vmdk/sparse_header.hpp"
 
 #include <filesystem>
@@ -70,6 +71,9 @@ private:
     void open_embedded(File file, const std::string& name);
     void open_separate(File file, const std::string& name);
     void open_extent_files(Access access);
+    // scan_sparse_extent(), with the way out of shared grains added to its message.
+    SparseExtentScan scan_with_hint(const File& file, const SparseHeader& header, std::size_t file_index,
+                                    std::uint64_t first_guest_sector, const std::string& file_name) const;
     std::string extent_name(const ExtentLine& line) const;
     std::filesystem::path extent_path(const ExtentLine& line) const;
     std::string read_descriptor_bytes() const;

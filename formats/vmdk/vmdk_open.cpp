@@ -100,6 +100,22 @@ std::unique_ptr<VmdkDisk> VmdkDisk::open(File file, const std::filesystem::path&
     return disk;
 }
 
+SparseExtentScan VmdkDisk::scan_with_hint(const File& file, const SparseHeader& header, std::size_t file_index,
+                                          std::uint64_t first_guest_sector, const std::string& file_name) const
+{
+    try {
+        return scan_sparse_extent(file, header, file_index, first_guest_sector, file_name);
+    } catch (const SharedGrains& e) {
+        // qemu-img copies every grain on its own. It drops vmcrypt's record, so a copy of an encrypted
+        // disk would be ciphertext that nothing decrypts: no command is offered for one.
+        if (descriptor_.record())
+            throw InvalidInput(std::string(e.what()) + ", so the encrypted extent is damaged; restore the disk "
+                               "from a backup");
+        throw InvalidInput(std::string(e.what()) + ", which vmcrypt cannot rewrite in place; copy the disk with: " +
+                           conversion_hint(name_) + " and use the copy");
+    }
+}
+
 void VmdkDisk::open_embedded(File file, const std::string& name)
 {
     SparseHeader header = read_sparse_header(file, name);
@@ -149,7 +165,7 @@ void VmdkDisk::open_embedded(File file, const std::string& name)
     // NOTE: the extent line's file name is not checked, because the extent is this file by definition.
     // qemu ignores the name too, so a renamed monolithicSparse file still opens.
     files_.push_back(std::make_unique<File>(std::move(file)));
-    SparseExtentScan scan = scan_sparse_extent(*files_[0], header, 0, 0, name);
+    SparseExtentScan scan = scan_with_hint(*files_[0], header, 0, 0, name);
     extents_.push_back(Extent{line, 0, 0, file_size, scan.allocated_bytes});
     runs_ = std::move(scan.runs);
     capacity_sectors_ = header.capacity;
@@ -269,7 +285,7 @@ void VmdkDisk::open_extent_files(Access access)
                                           "split disk " + name_ +
                                    "; a disk has one descriptor, so open this file on its own or clear its "
                                    "embedded descriptor");
-            SparseExtentScan scan = scan_sparse_extent(opened, header, file_index, extent.first_sector, name);
+            SparseExtentScan scan = scan_with_hint(opened, header, file_index, extent.first_sector, name);
             runs = std::move(scan.runs);
             extent.allocated_bytes = scan.allocated_bytes;
         } else {
@@ -277,8 +293,9 @@ void VmdkDisk::open_extent_files(Access access)
             if (file_size < needed)
                 throw InvalidInput(location + ": extent: file \"" + line.file + "\" is " + std::to_string(file_size) +
                                    " bytes, shorter than the " + std::to_string(needed) +
-                                   " bytes the extent line needs (offset + size); the file is truncated, so copy "
-                                   "it again");
+                                   " bytes the extent line needs (offset + size): either the extent line's sector "
+                                   "count or offset is wrong (correct it to the sizes the disk was made with) or the "
+                                   "file is truncated (copy it again)");
             FlatExtentScan scan =
                 scan_flat_extent(opened, line.offset * 512, line.sectors * 512, file_index, extent.first_sector);
             runs = std::move(scan.runs);

@@ -132,6 +132,32 @@ inspect_json "$dir/external.qcow2"
 expect_inspect qcow2.dataFile "$dir/external.raw"
 expect_encrypt_rejected "$dir/external.qcow2" 3 "external data file"
 
+# One data cluster mapped by two L2 entries. qemu-img check -r all only raises its refcount, so the
+# hint names a qemu-img convert, and the copy that command makes encrypts.
+dir="$TEST_TMP/shared"
+mkdir "$dir"
+make_image "$dir/shared.qcow2"
+"$PYTHON" - "$dir/shared.qcow2" <<'PY'
+import struct, sys
+
+with open(sys.argv[1], "r+b") as f:
+    header = f.read(104)
+    l1_offset = struct.unpack(">Q", header[40:48])[0]
+    f.seek(l1_offset)
+    l2_offset = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+    f.seek(l2_offset)
+    first_entry = f.read(8)
+    f.seek(l2_offset + 8 * 100)  # guest cluster 100 (6.25 MiB) was unallocated
+    f.write(first_entry)
+PY
+qemu-img check -r all "$dir/shared.qcow2" >/dev/null 2>&1 || true
+expect_encrypt_rejected "$dir/shared.qcow2" 3 "overlaps cluster"
+expect_stderr_contains "qemu-img check -r all keeps such sharing"
+hint=$(sed -n 's/.*copy the image with: \(qemu-img convert [^ ]* [^ ]* [^ ]* [^ ]*\) and use the copy$/\1/p' "$TEST_TMP/last.stderr")
+[[ $hint == "qemu-img convert -O qcow2 $dir/shared.qcow2 new.qcow2" ]] || fail "unexpected convert hint: $LAST_STDERR"
+(cd "$dir" && $hint)
+expect_exit 0 "$VMCRYPT" encrypt "$dir/new.qcow2"
+
 # Encrypted by QEMU: LUKS and the insecure legacy AES.
 expect_encrypt_rejected "$TEST_TMP/inspect/luks.qcow2" 3 "QEMU LUKS"
 expect_encrypt_rejected "$TEST_TMP/inspect/aes.qcow2" 3 "insecure"

@@ -231,7 +231,8 @@ std::vector<MalformedDisk> malformed_disks()
                  patch_le(path, table + 5 * 4, read_le(path, table + 4 * 4, 4), 4);
              return path;
          },
-         Expected::invalid, "point to overlapping host sectors"},
+         Expected::invalid, "point to overlapping host sectors, which vmcrypt cannot rewrite in place; copy the disk "
+                            "with: qemu-img convert -O vmdk -o subformat=monolithicSparse "},
         {"grain table past overHead",
          [](const TempFolder& f) {
              auto path = make_sparse(f);
@@ -345,6 +346,30 @@ std::vector<MalformedDisk> malformed_disks()
              return path;
          },
          Expected::unsupported, "mf.vmdk: createType \"vmfsSparse\" is not supported; it is a snapshot delta"},
+        {"createType misspelt",
+         [](const TempFolder& f) {
+             auto path = make_flat(f);
+             edit_file(path, "createType=\"monolithicFlat\"", "createType=\"monolithicFlt\"");
+             return path;
+         },
+         Expected::unsupported, "mf.vmdk: createType \"monolithicFlt\" in the descriptor is not a VMDK createType "
+                                "that vmcrypt or qemu-img knows; correct the createType line to the type the disk was "
+                                "made with, probably \"monolithicFlat\""},
+        {"createType of a raw device",
+         [](const TempFolder& f) {
+             auto path = make_flat(f);
+             edit_file(path, "createType=\"monolithicFlat\"", "createType=\"vmfsRawDeviceMap\"");
+             return path;
+         },
+         Expected::unsupported, "its data is on a raw device, not in files vmcrypt can rewrite; clone it into a "
+                                "virtual disk file on the ESXi host first (vmkfstools -i)"},
+        {"extent line longer than its file",
+         [](const TempFolder& f) {
+             auto path = make_flat(f);
+             edit_file(path, "RW 20480 FLAT \"mf-flat.vmdk\" 0", "RW 20480 FLAT \"mf-flat.vmdk\" 99999");
+             return path;
+         },
+         Expected::invalid, "either the extent line's sector count or offset is wrong"},
         {"monolithicSparse in a separate descriptor",
          [](const TempFolder& f) {
              auto path = make_flat(f);
