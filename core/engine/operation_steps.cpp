@@ -167,6 +167,7 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
         slot_types.insert(slot.type);
 
     std::optional<Error> first_failure;
+    bool first_failure_wrong_key = false;
     for (KeySource* source : sources) {
         for (std::size_t position = 0; position < record.key_slots.size(); ++position) {
             const KeySlot& slot = record.key_slots[position];
@@ -181,16 +182,26 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
                 record.verify_mac(dek, where);
                 return {std::move(dek), position, source};
             } catch (const WrongKey& e) {
-                if (!first_failure)
+                if (!first_failure) {
                     first_failure = e;
+                    first_failure_wrong_key = true;
+                }
             } catch (const KeyUnavailable& e) {
                 if (!first_failure)
                     first_failure = e;
             }
         }
     }
-    if (first_failure)
-        throw *first_failure;
+    if (first_failure) {
+        // A source names its key file or KMS provider; the disk comes first, so that a script that
+        // unlocks many disks sees which one failed.
+        const std::string message = first_failure->what();
+        if (message.rfind(where + ":", 0) == 0)
+            throw *first_failure;
+        if (first_failure_wrong_key)
+            throw WrongKey(where + ": " + message);
+        throw KeyUnavailable(where + ": " + message);
+    }
 
     std::vector<std::string> given;
     for (KeySource* source : sources)

@@ -26,11 +26,12 @@ uid=$(kmip_slot_param "$disk" key)
 hash_disk_files "$dir" >"$TEST_TMP/encrypted.hashes"
 
 # Runs vmcrypt decrypt on the encrypted disk with CONFIG and fails unless it exits with status 4,
-# prints each given text and leaves the disk's files unchanged.
+# names the disk first, prints each given text and leaves the disk's files unchanged.
 expect_decrypt_key_error() {
     local config_file=$1
     shift
     expect_exit 4 "$VMCRYPT" decrypt --kms-config "$config_file" "$disk"
+    [[ $LAST_STDERR == "vmcrypt: $disk: KMS provider "* ]] || fail "the KMS error does not name the disk first: $LAST_STDERR"
     local text
     for text in "$@"; do
         expect_stderr_contains "$text"
