@@ -176,6 +176,12 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
 
     if (seal.empty())
         throw UsageError("rekey: no new key source given");
+    // The new slots are added before a replaced one is removed, as add_key_slot() counts them.
+    if (after.key_slots.size() + seal.size() > max_key_slots)
+        throw InvalidInput(where + ": the encryption record has " + std::to_string(after.key_slots.size()) +
+                           " key slots, and " + std::to_string(seal.size()) + " more would pass the maximum of " +
+                           std::to_string(max_key_slots) + "; remove one first with: vmcrypt keys remove --slot ID " +
+                           where + " and the key options of this command");
     for (auto& source : seal)
         source->check_ready();
 

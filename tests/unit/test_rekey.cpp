@@ -406,6 +406,35 @@ TEST_F(KeySlotChangeTest, AddThenRemoveRoundTrip)
     EXPECT_EQ(fields_to_text(record_of("d").to_fields()), before);
 }
 
+TEST_F(KeySlotChangeTest, AddBeyondSlotLimitNamesTheDisk)
+{
+    fs::path kek = key_file("k.key");
+    SecureBytes dek = encrypt_record("d", kek);
+    EncryptionRecord full = record_of("d");
+    for (std::uint32_t i = 1; i < max_key_slots; ++i) {
+        KeyFileSource filler(key_file("filler" + std::to_string(i) + ".key"));
+        full.add_key_slot(seal_new_slot(filler, dek));
+    }
+    full.seal(dek);
+    FileBackedDisk disk = make_disk("d");
+    disk.apply(disk.record_update(full.to_fields()));
+    const std::string before = fields_to_text(record_of("d").to_fields());
+
+    KeySources unlock = sources(kek);
+    KeySources seal = sources(key_file("new.key"));
+    try {
+        change_key_slots(dir_ / "d.meta", unlock, seal, {SlotChange::add, 0}, opener("d"));
+        FAIL() << "a 33rd key slot must be rejected";
+    } catch (const InvalidInput& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find((dir_ / "d.meta").string() + ": the encryption record has 32 key slots, and 1 more "
+                               "would pass the maximum of 32"),
+                  std::string::npos)
+            << message;
+    }
+    EXPECT_EQ(fields_to_text(record_of("d").to_fields()), before);
+}
+
 TEST_F(KeySlotChangeTest, LastSlotRemovalIsRejected)
 {
     fs::path kek = key_file("k.key");
