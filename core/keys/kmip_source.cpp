@@ -77,10 +77,13 @@ SecureBytes KmipSource::fetch_active_key(kmip::ProviderSession& session, const s
     const std::string& provider_id = session.provider().id;
     std::uint32_t state = 0;
     session.run("Get Attributes (State) of " + quoted_key(uid), [&](kmip::Client& client) { state = client.get_state(uid); });
+    // In the KMIP key state model only a Pre-Active key can still become Active.
+    const bool can_activate = state == static_cast<std::uint32_t>(kmip::KeyState::pre_active);
     if (state != static_cast<std::uint32_t>(kmip::KeyState::active))
         throw KeyUnavailable("KMS provider \"" + provider_id + "\": " + quoted_key(uid) + " is " +
-                             kmip::key_state_name(state) + ", not Active, so it is not used for new encryption; "
-                             "activate it on the KMS or leave out --kms-key to create a new key");
+                             kmip::key_state_name(state) + ", not Active, so it is not used for new encryption; " +
+                             (can_activate ? "activate it on the KMS or leave out --kms-key to create a new key"
+                                           : "name an Active key, or leave out --kms-key to create a new key"));
     SecureBytes kek;
     session.run("Get of " + quoted_key(uid), [&](kmip::Client& client) { kek = client.get_aes256_key(uid); });
     return kek;
@@ -149,7 +152,8 @@ SecureBytes KmipSource::unseal(const KeySlot& slot)
                     [&](kmip::Client& client) { state = client.get_state(uid); });
         if (state != static_cast<std::uint32_t>(kmip::KeyState::active))
             log_warning("KMS provider \"" + provider_id + "\": " + quoted_key(uid) + " is " +
-                        kmip::key_state_name(state) + "; it still unlocks this disk, but rekey the disk to a new key");
+                        kmip::key_state_name(state) + "; it still opens the disk's key slot, but if the disk stays "
+                        "encrypted, move it to a new key with vmcrypt rekey");
     } catch (const KeyUnavailable& e) {
         log_debug(std::string("could not read the state of the KMS key: ") + e.what());
     }
