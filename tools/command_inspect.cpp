@@ -10,6 +10,7 @@
 #include "formats/qcow2/inspect_report.hpp"
 #include "formats/vmdk/consolidate_intent.hpp"
 #include "core/text/shell_words.hpp"
+#include "core/text/terminal_text.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress_reporter.hpp"
 
@@ -116,17 +117,15 @@ json describe_operation(const std::filesystem::path& metadata_file)
     std::uint64_t done = 0;
     std::string phase = "unknown";
     if (summary->newest) {
+        phase = to_string(summary->newest->phase);
         switch (summary->newest->phase) {
         case JournalPhase::metadata:
-            phase = "starting";
             done = 0;
             break;
         case JournalPhase::window:
-            phase = "rewriting";
             done = summary->newest->window_start;
             break;
         case JournalPhase::finalize:
-            phase = "finishing";
             done = summary->header.total_bytes;
             break;
         }
@@ -183,6 +182,19 @@ void print_qcow2(const json& image)
         std::printf("    why: %s\n", image["insecureReason"].get<std::string>().c_str());
         std::printf("    fix: %s\n", image["recommendation"].get<std::string>().c_str());
     }
+}
+
+// The report with every string made one printable line (see terminal_line()), so that a file name
+// with a line break cannot split a line of the text report. The JSON report keeps the raw strings.
+json printable(const json& value)
+{
+    if (value.is_string())
+        return terminal_line(value.get<std::string>());
+    json result = value;
+    if (value.is_object() || value.is_array())
+        for (auto it = result.begin(); it != result.end(); ++it)
+            *it = printable(*it);
+    return result;
 }
 
 void print_text(const json& report)
@@ -328,7 +340,7 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
     if (global.json)
         std::printf("%s\n", report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     else if (!global.quiet)
-        print_text(report);
+        print_text(printable(report));
     return 0;
 }
 

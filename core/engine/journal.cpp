@@ -262,6 +262,19 @@ std::uint64_t slot_size_for(std::uint64_t window_size, std::size_t max_metadata_
 
 }  // namespace
 
+std::string to_string(JournalPhase phase)
+{
+    switch (phase) {
+    case JournalPhase::metadata:
+        return "starting";
+    case JournalPhase::window:
+        return "rewriting";
+    case JournalPhase::finalize:
+        return "finishing";
+    }
+    return "unknown";
+}
+
 std::string to_string(Operation operation)
 {
     switch (operation) {

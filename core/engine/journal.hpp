@@ -33,6 +33,9 @@ enum class JournalPhase : std::uint32_t {
     finalize = 3,  // all data is done; the final metadata write is pending
 };
 
+// The phase as inspect and the logs name it: "starting", "rewriting" or "finishing".
+std::string to_string(JournalPhase phase);
+
 struct JournalHeader {
     Operation operation = Operation::encrypt;
     std::uint64_t window_size = 0;

@@ -393,7 +393,7 @@ RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_
     Direction direction = direction_of(header.operation);
     JournalEntry entry = journal.newest();
     log_info("resuming " + to_string(header.operation) + " from journal entry " + std::to_string(entry.sequence) +
-             " (phase " + std::to_string(static_cast<int>(entry.phase)) + ")");
+             " (phase " + to_string(entry.phase) + ")");
     std::uint64_t position = 0;
 
     RewriteResult result;

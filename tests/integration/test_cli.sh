@@ -147,3 +147,18 @@ expect_same_as_raw "$dir/random.vmdk" "$TEST_TMP/random.raw" "after encrypt with
 
 # --verbose logs to stderr and keeps stdout for results.
 expect_exit 0 "$VMCRYPT" -v inspect "$disk"
+
+# A line break in a file name stays inside its line of the text report; JSON keeps the name as it is.
+odd_dir="$TEST_TMP/odd-name"
+mkdir "$odd_dir"
+odd_disk="$odd_dir/nl"$'\n'"name.vmdk"
+cp "$disk" "$odd_disk"
+expect_exit 0 "$VMCRYPT" inspect "$odd_disk"
+grep -qxF "disk:       $odd_dir/nl name.vmdk" <<<"$LAST_STDOUT" ||
+    fail "inspect does not print the file name with a line break on one line: $LAST_STDOUT"
+if grep -qx "name.vmdk.*" <<<"$LAST_STDOUT"; then
+    fail "a line break in the file name split a line of the inspect report: $LAST_STDOUT"
+fi
+expect_exit 0 "$VMCRYPT" --json inspect "$odd_disk"
+[[ $("$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["disk"] == sys.argv[1])' "$odd_disk" <<<"$LAST_STDOUT") == True ]] ||
+    fail "inspect --json changed the file name with a line break: $LAST_STDOUT"
