@@ -161,15 +161,17 @@ int main(int argc, char** argv)
     app.require_subcommand(1, 1);
     add_global_options(app, global);
 
+    const char* disk_help = "the disk: a .vmdk descriptor, a monolithic sparse .vmdk or a qcow2 image";
+
     CLI::App* encrypt = app.add_subcommand("encrypt", "encrypt a plaintext disk in place (re-run to resume)");
-    encrypt->add_option("DISK", encrypt_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+    encrypt->add_option("DISK", encrypt_options.disk, disk_help)
         ->required();
     add_key_options(*encrypt, encrypt_options.keys, true);
     encrypt->add_option("--window-size", encrypt_options.window_mib,
                         "MiB rewritten per crash-safe step (default 16)")->check(CLI::Range(1, 1024));
 
     CLI::App* decrypt = app.add_subcommand("decrypt", "decrypt an encrypted disk in place (re-run to resume)");
-    decrypt->add_option("DISK", decrypt_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+    decrypt->add_option("DISK", decrypt_options.disk, disk_help)
         ->required();
     add_key_options(*decrypt, decrypt_options.keys, false);
     decrypt->add_option("--window-size", decrypt_options.window_mib,
@@ -180,7 +182,7 @@ int main(int argc, char** argv)
 
     CLI::App* rekey = app.add_subcommand("rekey", "seal the disk's DEK under a new key (shallow), or rewrite the "
                                                   "data under a new DEK with --deep (re-run to resume)");
-    rekey->add_option("DISK", rekey_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")->required();
+    rekey->add_option("DISK", rekey_options.disk, disk_help)->required();
     add_key_options(*rekey, rekey_options.keys, false);
     add_key_options(*rekey, rekey_options.new_keys, true, "new-");
     auto* deep = rekey->add_flag("--deep", rekey_options.deep,
@@ -193,15 +195,15 @@ int main(int argc, char** argv)
     CLI::App* keys = app.add_subcommand("keys", "list, add or remove the key slots of an encrypted disk");
     keys->require_subcommand(1, 1);
     CLI::App* keys_list = keys->add_subcommand("list", "list the key slots (reads only, needs no key)");
-    keys_list->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+    keys_list->add_option("DISK", keys_options.disk, disk_help)
         ->required();
     CLI::App* keys_add = keys->add_subcommand("add", "add a key slot for the key given with the --new-* options");
-    keys_add->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+    keys_add->add_option("DISK", keys_options.disk, disk_help)
         ->required();
     add_key_options(*keys_add, keys_options.keys, false);
     add_key_options(*keys_add, keys_options.new_keys, true, "new-");
     CLI::App* keys_remove = keys->add_subcommand("remove", "remove a key slot (a given key must open the disk)");
-    keys_remove->add_option("DISK", keys_options.disk, "the disk: a .vmdk descriptor or monolithic sparse file")
+    keys_remove->add_option("DISK", keys_options.disk, disk_help)
         ->required();
     add_key_options(*keys_remove, keys_options.keys, false);
     keys_remove->add_option("--slot", keys_options.slot, "id of the key slot to remove (see vmcrypt keys list)")
@@ -209,7 +211,7 @@ int main(int argc, char** argv)
 
     CLI::App* inspect = app.add_subcommand("inspect", "show a disk's format, extents, relations and encryption "
                                                       "without writing anything");
-    inspect->add_option("DISK", inspect_disk, "the disk: a .vmdk descriptor or monolithic sparse file")->required();
+    inspect->add_option("DISK", inspect_disk, disk_help)->required();
 
     vmcrypt::cli::ConsolidateCommandOptions consolidate_options;
     CLI::App* consolidate = app.add_subcommand("consolidate-snapshots",
