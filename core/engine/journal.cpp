@@ -254,7 +254,7 @@ std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment)
     return (value + alignment - 1) / alignment * alignment;
 }
 
-// A slot holds the entry header, the metadata write and 8 bytes of unit hash per 512-byte unit.
+// A slot contains the entry header, the metadata write and 8 bytes of unit hash per 512-byte unit.
 std::uint64_t slot_size_for(std::uint64_t window_size, std::size_t max_metadata_bytes)
 {
     return round_up(entry_header_size + max_metadata_bytes + 8 * (window_size / 512), 4096);

@@ -83,7 +83,7 @@ void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked
     if (!relations.parents.empty())
         throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
                              "; merge the chain first with: " + merge_command(disk, where, where, true));
-    // A snapshot of a VMDK that vmcrypt encrypted holds what a program wrote over the ciphertext and the
+    // A snapshot of a VMDK that vmcrypt encrypted contains what a program wrote over the ciphertext and the
     // ciphertext that copy-on-write copied, which no command can make plaintext (QEMU, in contrast,
     // decrypts a qcow2 backing image and writes plaintext into its overlays).
     if (!relations.children.empty() && disk.record() && !disk.data_changes_while_encrypted())
@@ -194,7 +194,7 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
     }
     if (first_failure) {
         // A source names its key file or KMS provider; the disk comes first, so that a script that
-        // unlocks many disks sees which one failed.
+        // unlocks many disks can tell which one failed.
         const std::string message = first_failure->what();
         if (message.rfind(where + ":", 0) == 0)
             throw *first_failure;
@@ -223,7 +223,7 @@ std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)
 
 namespace {
 
-// What a failure before the journal existed leaves, for the message.
+// The disk's state after a failure before the journal existed, for the message.
 std::string state_before_journal(Operation operation)
 {
     switch (operation) {
@@ -254,7 +254,7 @@ OperationReport add_resume_hint(Operation operation, const std::filesystem::path
     } catch (const Interrupted&) {
         throw;
     } catch (const FreeSpaceCheckFailed&) {
-        throw;  // nothing was written, and the message says so
+        throw;  // nothing was written, and the message states it
     } catch (const Error& e) {
         const bool no_space = dynamic_cast<const NoSpace*>(&e) != nullptr;
         const std::string fix = no_space ? "free space on that file system" : "fix the cause";

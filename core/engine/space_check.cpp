@@ -66,7 +66,7 @@ void check_rewrite_space(Disk& disk, Operation operation, const RewriteSpace& sp
 
 std::size_t metadata_bound(const Disk& disk, const RecordFields& fields)
 {
-    // NOTE: 4 KiB covers the dataCheck field and a LUKS area pointer that the final record adds; a
+    // NOTE: 4 KiB covers the dataCheck field and the LUKS area pointer that the final record adds. A
     // record that outgrows its room is rejected by the format before the first write anyway.
     constexpr std::size_t final_record_growth = 4096;
     std::size_t bytes = 0;

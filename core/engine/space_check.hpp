@@ -16,9 +16,9 @@ struct RewriteSpace {
     std::uint64_t format_bytes = 0;      // what the format's prepare step allocates in files()[0]
 };
 
-// Throws NoSpace, naming the file system and the bytes needed and available, unless every file
-// system has room for: `format_bytes`, the data runs' holes and unwritten end (the rewrite writes
-// every unit of a run, zeros included), and the journal next to files()[0].
+// Checks that every file system has room for `format_bytes`, for the holes and the unwritten end of
+// the data runs (the rewrite writes every unit of a run, zeros included) and for the journal next to
+// files()[0]. Throws FreeSpaceCheckFailed, naming the file system and the bytes needed and available.
 void check_rewrite_space(Disk& disk, Operation operation, const RewriteSpace& space, const std::string& where);
 
 // A bound of the metadata write that a record of `fields` needs, for RewriteSpace::max_metadata_bytes.

@@ -17,7 +17,7 @@ namespace vmcrypt {
 // as allocated where FIEMAP reports them; without FIEMAP (tmpfs) SEEK_HOLE decides.
 std::uint64_t unallocated_bytes(const File& file, std::uint64_t offset, std::uint64_t length);
 
-// Space that one part of an operation allocates on the file system that holds `path` (an existing
+// Space that one part of an operation allocates on the file system that contains `path` (an existing
 // file, or a file to be created in an existing folder).
 struct SpaceDemand {
     std::filesystem::path path;

@@ -112,8 +112,10 @@ std::uint64_t QcowDisk::prepare_rekey_bytes() const
 }
 
 // Counts every cluster as new at the end of the file, although allocate() may reuse free clusters
-// inside it. Each call may start a refcount block at a block boundary, and the refcount table grows
-// at most once: to 1.5 times its size or to what the new end needs, with the blocks that cover it.
+// inside it. Each call may start a refcount block at a block boundary.
+// NOTE: the bound assumes that the refcount table grows at most once (to 1.5 times its size or to
+// what the new end needs, with the blocks that cover it); an image whose table grows twice in one
+// run can need a few clusters more, which the ENOSPC message then covers.
 std::uint64_t QcowDisk::allocation_bound(std::uint64_t clusters, std::uint64_t allocations) const
 {
     if (!refcounts_ || clusters == 0)

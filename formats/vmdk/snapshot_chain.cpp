@@ -169,7 +169,7 @@ void check_not_encrypted(ChainMember& member, const std::vector<std::string>& sn
     if (filters && filters->find("vmwarevmcrypt") != std::string::npos)
         throw WrongDiskState(name + ": the disk is encrypted by VMware (vmwarevmcrypt I/O filter in ddb.iofilters); "
                                     "decrypt the VM in vSphere before consolidating its snapshots");
-    // A snapshot of a vmcrypt-encrypted disk holds what a program wrote over the ciphertext, and the
+    // A snapshot of a vmcrypt-encrypted disk contains what a program wrote over the ciphertext, and the
     // ciphertext that copy-on-write copied from the base. Merging or decrypting cannot make plaintext of
     // it, so the way out is to remove the snapshots and decrypt the base.
     if (descriptor.record() && !snapshots.empty())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A full file system: encrypt, decrypt and consolidate-snapshots check the free space before their first
-# write (exit 6, every file unchanged), and an ENOSPC that comes anyway says what state the disk is in
-# and what to run. The small file systems are tmpfs mounts in a private user and mount namespace, so
+# write (exit 6, every file unchanged), and the message of an ENOSPC that comes anyway names the state
+# of the disk and what to run. The small file systems are tmpfs mounts in a private user and mount namespace, so
 # the test needs no root and leaves no mount behind.
 set -euo pipefail
 
@@ -44,7 +44,7 @@ fill_until() {
     head -c "$((free - keep))" /dev/zero >"$dir/filler"
 }
 
-# Fails unless the key store holds the keys listed in the file EXPECTED (ls -A output).
+# Fails unless the key store contains the keys listed in the file EXPECTED (ls -A output).
 expect_keystore_unchanged() {
     if ! ls -A "$VMCRYPT_KEYSTORE" | cmp -s "$1" -; then
         fail "expected no new key in the key store $2, found: $(ls -A "$VMCRYPT_KEYSTORE")"
@@ -163,7 +163,7 @@ expect_stderr_contains "nothing is encrypted yet and the disk is still valid pla
 expect_stderr_contains "free space on that file system and run \`vmcrypt encrypt $image\` again"
 expect_qcow2_same_as_raw "$image" "$source_raw" "after an ENOSPC during the decompression"
 
-# 6. ENOSPC in the middle of the rewrite: the message says how to resume, and the resume finishes.
+# 6. ENOSPC in the middle of the rewrite: the message names the command that resumes, and the resume finishes.
 expect_exit 6 env VMCRYPT_FAULT=window-synced:1:enospc "$VMCRYPT" encrypt --window-size 1 "$image"
 expect_stderr_contains "the encrypt is unfinished but the disk is consistent: free space on that file system"
 expect_stderr_contains "to resume"
