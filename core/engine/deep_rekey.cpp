@@ -257,9 +257,7 @@ OperationReport run_deep_rekey(const std::filesystem::path& disk_path, KeySource
         const std::filesystem::path journal_path = Journal::path_for(path);
         if (std::optional<JournalSummary> summary = Journal::peek(journal_path)) {
             if (summary->header.operation != Operation::rekey)
-                throw Interrupted(where + ": an unfinished " + to_string(summary->header.operation) +
-                                  " is recorded in " + journal_path.string() + "; finish it first with: " +
-                                  resume_command(summary->header.operation, disk_path));
+                reject_other_unfinished(path, disk_path, where, summary->header.operation, journal_path);
             return resume_deep_rekey(path, where, journal_path, *summary, all_sources, options, opener);
         }
         return start_deep_rekey(path, where, unlock, seal, options, opener);

@@ -121,9 +121,7 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
 
     const std::filesystem::path journal_path = Journal::path_for(path);
     if (std::optional<JournalSummary> summary = Journal::peek(journal_path))
-        throw Interrupted(where + ": an unfinished " + to_string(summary->header.operation) + " is recorded in " +
-                          journal_path.string() + "; finish it first with: " +
-                          resume_command(summary->header.operation, disk_path));
+        reject_other_unfinished(path, disk_path, where, summary->header.operation, journal_path);
 
     std::unique_ptr<Disk> disk = opener(path, Access::read_write);
     lock_disk(*disk);

@@ -195,8 +195,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
     if (std::optional<JournalSummary> summary = Journal::peek(journal_path)) {
         Operation unfinished = summary->header.operation;
         if (unfinished != operation)
-            throw Interrupted(where + ": an unfinished " + to_string(unfinished) + " is recorded in " +
-                              journal_path.string() + "; finish it first with: " + resume_command(unfinished, disk_path));
+            reject_other_unfinished(path, disk_path, where, unfinished, journal_path);
 
         // The header is authenticated only once the DEK is known. Until then a damaged header shows up as
         // an unreadable record, so report it as a damaged journal, not as a damaged disk.

@@ -221,6 +221,23 @@ std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)
     return sources;
 }
 
+void reject_other_unfinished(const std::filesystem::path& path, const std::filesystem::path& disk_path,
+                             const std::string& where, Operation unfinished, const std::filesystem::path& journal_path)
+{
+    std::optional<std::string> holder;
+    try {
+        holder = find_lock_holder(File::open(path, Access::read_only));
+    } catch (const Error&) {
+        // An unreadable file is reported by the command that finishes the operation.
+    }
+    if (holder)
+        throw DiskInUse(where + ": the disk is in use (" + *holder + "), and an unfinished " + to_string(unfinished) +
+                        " is recorded in " + journal_path.string() + ", so another run may be doing it now; wait "
+                        "until it ends and run this command again");
+    throw Interrupted(where + ": an unfinished " + to_string(unfinished) + " is recorded in " + journal_path.string() +
+                      "; finish it first with: " + resume_command(unfinished, disk_path));
+}
+
 namespace {
 
 // The disk's state after a failure before the journal existed, for the message.

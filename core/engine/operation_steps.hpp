@@ -73,6 +73,13 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
 // Pointers to the sources of several lists, in order.
 std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists);
 
+// Throws for a command that finds another operation's journal: DiskInUse when a process holds the
+// disk's lock (another vmcrypt run may be doing that operation right now), else Interrupted naming the
+// command that finishes it. `path` is the disk's metadata file.
+[[noreturn]] void reject_other_unfinished(const std::filesystem::path& path, const std::filesystem::path& disk_path,
+                                          const std::string& where, Operation unfinished,
+                                          const std::filesystem::path& journal_path);
+
 // Runs `operation_body`. When it fails after its journal exists (an I/O error, or a first failure of a
 // new operation), adds to the message that the disk is consistent and how to resume. Failures before
 // the journal existed changed nothing and keep their message.

@@ -67,6 +67,31 @@ done
 LAST_STDERR=${LAST_STDERR/finish it first with: /finish it first with: \`}\`
 run_printed_hint "after keys add met an unfinished encrypt"
 
+# While a process holds the disk's lock, another vmcrypt run may be doing the unfinished operation,
+# so the other commands report the disk as in use instead of naming a command that would fail the same way.
+(cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" decrypt --key-file kek.bin \
+    --window-size 4 "hint/my disk's \$(touch pwned).vmdk")
+# One process holds the lock, so that killing it releases the lock (flock(1) would pass it to a child).
+"$PYTHON" -c 'import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(30)' "$disk" &
+holder=$!
+register_background_pid "$holder"
+for _ in $(seq 100); do
+    "$PYTHON" -c 'import fcntl, sys; fcntl.flock(open(sys.argv[1]), fcntl.LOCK_SH | fcntl.LOCK_NB)' "$disk" 2>/dev/null || break
+    sleep 0.05
+done
+for other in "encrypt --key-file $TEST_TMP/kek.bin" "keys add --key-file $TEST_TMP/kek.bin --new-key-file $TEST_TMP/new-kek.bin"; do
+    read -r -a words <<<"$other"
+    expect_exit 5 "$VMCRYPT" "${words[@]}" "$disk"
+    expect_stderr_contains "the disk is in use (exclusive flock(2) lock"
+    expect_stderr_contains "an unfinished decrypt is recorded"
+done
+kill "$holder"
+wait "$holder" 2>/dev/null || true
+forget_background_pid "$holder"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$disk"
+expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the decrypt that a lock held up"
+expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$disk"
+
 # An unfinished deep rekey opens only with a key of its new slots, so decrypt with the old key names
 # that key instead of repeating its own --key-file.
 (cd "$TEST_TMP" && VMCRYPT_FAULT=window-synced:1:eio expect_exit 6 "$VMCRYPT" rekey --deep --key-file kek.bin \
