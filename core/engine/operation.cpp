@@ -202,6 +202,8 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
         SecureBytes dek;
         try {
             dek = unlock_dek(summary->header.record, sources, where);
+        } catch (const NoMatchingKeySource&) {
+            throw;  // no key was tried, so nothing points at the journal
         } catch (const Error& e) {
             if (e.code() == ExitCode::invalid_input)
                 throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +

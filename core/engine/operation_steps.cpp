@@ -157,6 +157,24 @@ MetadataWrite prepare_encrypted_record(Disk& disk, EncryptionRecord record, cons
 }
 
 
+namespace {
+
+// The command line option that gives the key of a slot type.
+std::string key_option_for_slot(const std::string& type)
+{
+    if (type == "passphrase")
+        return "the passphrase with --passphrase-file FILE (or --passphrase)";
+    if (type == "key-file")
+        return "the key file with --key-file FILE";
+    if (type == "keystore")
+        return "the key store with --keystore DIR (or VMCRYPT_KEYSTORE)";
+    if (type == "kmip")
+        return "the KMS configuration with --kms-config FILE";
+    return "the key of slot type " + type;
+}
+
+}  // namespace
+
 UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySource*>& sources,
                             const std::string& where)
 {
@@ -195,21 +213,24 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
     if (first_failure) {
         // A source names its key file or KMS provider; the disk comes first, so that a script that
         // unlocks many disks can tell which one failed.
-        const std::string message = first_failure->what();
-        if (message.rfind(where + ":", 0) == 0)
-            throw *first_failure;
+        std::string message = first_failure->what();
+        if (message.rfind(where + ":", 0) != 0)
+            message = where + ": " + message;
         if (first_failure_wrong_key)
-            throw WrongKey(where + ": " + message);
-        throw KeyUnavailable(where + ": " + message);
+            throw WrongKey(message);
+        throw KeyUnavailable(message);
     }
 
     std::vector<std::string> given;
     for (KeySource* source : sources)
         given.push_back(source->slot_type());
-    throw KeyUnavailable(where + ": no given key source matches the disk's key slots (disk has: " +
+    std::vector<std::string> options;
+    for (const std::string& type : slot_types)
+        options.push_back(key_option_for_slot(type));
+    throw NoMatchingKeySource(where + ": no given key source matches the disk's key slots (disk has: " +
                          join({slot_types.begin(), slot_types.end()}, ", ") + "; given: " +
-                         (given.empty() ? std::string("none") : join(given, ", ")) +
-                         "); pass --key-file, --passphrase-file, --keystore or --kms-config accordingly");
+                         (given.empty() ? std::string("none") : join(given, ", ")) + "); give " +
+                         join(options, ", or ") + " for one of them");
 }
 
 std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)

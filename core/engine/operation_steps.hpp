@@ -65,8 +65,14 @@ struct UnlockedKey {
     KeySource* source = nullptr;     // the source that unsealed that slot
 };
 
+// None of the given key sources has the type of a key slot, so no key was tried.
+struct NoMatchingKeySource : KeyUnavailable {
+    explicit NoMatchingKeySource(const std::string& m) : KeyUnavailable(m) {}
+};
+
 // Unlocks the DEK from the record's key slots with the first source that opens one, and verifies the
-// record MAC. Throws WrongKey or KeyUnavailable (the first failure) when none does.
+// record MAC. Throws WrongKey or KeyUnavailable (the first failure) when none does, and
+// NoMatchingKeySource, naming the options to give, when no source fits a slot.
 UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySource*>& sources,
                             const std::string& where);
 

@@ -40,6 +40,12 @@ if qemu-img info "$image" >"$TEST_TMP/info.out" 2>&1; then
 fi
 grep -q "Unsupported encryption method" "$TEST_TMP/info.out" ||
     fail "expected QEMU to report the guard's unknown encryption method, got: $(cat "$TEST_TMP/info.out")"
+# Without the passphrase the resume names the option to add, and does not blame the journal.
+expect_exit 4 "$VMCRYPT" decrypt "$image"
+expect_stderr_contains "give the passphrase with --passphrase-file FILE"
+if grep -qF "journal is damaged" "$TEST_TMP/last.stderr"; then
+    fail "a resume without the passphrase blames the journal: $LAST_STDERR"
+fi
 expect_exit 0 "$VMCRYPT" decrypt --passphrase-file "$TEST_TMP/passphrase" "$image"
 
 qemu-img compare -f qcow2 -F raw "$image" "$dir/plain.raw" >"$TEST_TMP/compare.out" 2>&1 ||
