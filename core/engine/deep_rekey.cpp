@@ -139,9 +139,7 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
     check_no_unfinished_merge(*disk, path, where, DiskContent::encrypted);
     EncryptionRecord old_record = EncryptionRecord::from_fields(*fields, where);
     if (old_record.state != RecordState::encrypted)
-        throw InvalidInput(where + ": the encryption record state is \"" + to_string(old_record.state) + "\" but the journal " +
-                           Journal::path_for(path).string() + " is missing, so the interrupted operation cannot be "
-                           "finished safely; restore the disk from a backup");
+        throw InvalidInput(missing_journal_message(where, to_string(old_record.state), Journal::path_for(path)));
 
     // Validate everything, unlock, and seal the new DEK before the first write.
     const std::vector<KeySource*> unlock_sources = source_list({&unlock});

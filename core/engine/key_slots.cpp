@@ -144,9 +144,7 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
                              "key slots; encrypt it first with: vmcrypt encrypt " + where);
     const EncryptionRecord before = EncryptionRecord::from_fields(*fields, where);
     if (before.state != RecordState::encrypted)
-        throw WrongDiskState(where + ": the encryption record state is \"" + to_string(before.state) + "\" but the journal " +
-                             journal_path.string() + " is missing, so the interrupted operation cannot be finished "
-                             "safely; restore the disk from a backup");
+        throw WrongDiskState(missing_journal_message(where, to_string(before.state), journal_path));
 
     // Validate everything and unlock before the first write.
     UnlockedKey key = unlock_key_slot(*fields, source_list({&unlock}), where);

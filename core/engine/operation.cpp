@@ -249,10 +249,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
     if (fields) {
         EncryptionRecord current = EncryptionRecord::from_fields(*fields, where);
         if (current.state != RecordState::encrypted)
-            throw InvalidInput(where + ": the encryption record says \"" + to_string(current.state) +
-                               "\" but the journal " + journal_path.string() +
-                               " is missing, so the interrupted operation cannot be finished safely; restore the "
-                               "disk from a backup (an older copy of the journal would rewrite finished windows again)");
+            throw InvalidInput(missing_journal_message(where, to_string(current.state), journal_path));
     }
 
     RewritePlan plan;

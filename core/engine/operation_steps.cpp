@@ -242,6 +242,16 @@ std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists)
     return sources;
 }
 
+std::string missing_journal_message(const std::string& where, const std::string& state,
+                                    const std::filesystem::path& journal_path)
+{
+    return where + ": the encryption record state is \"" + state + "\" but the journal " + journal_path.string() +
+           " is missing. If the interrupted run reached the disk by another path (a hard link, or its folder "
+           "before a move), run the command on that path, next to which the journal " +
+           journal_path.filename().string() + " lies; otherwise the operation cannot be finished safely, so restore "
+           "the disk from a backup (an older copy of the journal would rewrite finished windows again)";
+}
+
 void reject_other_unfinished(const std::filesystem::path& path, const std::filesystem::path& disk_path,
                              const std::string& where, Operation unfinished, const std::filesystem::path& journal_path)
 {

@@ -79,6 +79,10 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
 // Pointers to the sources of several lists, in order.
 std::vector<KeySource*> source_list(std::initializer_list<KeySources*> lists);
 
+// The message for a record in state `state` (encrypting, decrypting, rekeying) without its journal.
+std::string missing_journal_message(const std::string& where, const std::string& state,
+                                    const std::filesystem::path& journal_path);
+
 // Throws for a command that finds another operation's journal: DiskInUse when a process holds the
 // disk's lock (another vmcrypt run may be doing that operation right now), else Interrupted naming the
 // command that finishes it. `path` is the disk's metadata file.

@@ -104,3 +104,17 @@ expect_stderr_contains "new key slots"
 expect_exit 0 "$VMCRYPT" rekey --deep --key-file "$TEST_TMP/new-kek.bin" "$disk"
 expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$disk"
 expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the deep rekey finished with its new key"
+
+# A disk reached through a hard link in another folder: the journal lies next to the path the
+# interrupted run used, and the message says to run the command there.
+mkdir "$TEST_TMP/link-a" "$TEST_TMP/link-b"
+make_random_disk monolithicSparse "$TEST_TMP/link-a/d.vmdk" 16M 8M "$TEST_TMP/link.raw"
+ln "$TEST_TMP/link-a/d.vmdk" "$TEST_TMP/link-b/d.vmdk"
+expect_exit 6 env VMCRYPT_FAULT=window-synced:1:eio "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" \
+    --window-size 1 "$TEST_TMP/link-a/d.vmdk"
+expect_exit 3 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-b/d.vmdk"
+expect_stderr_contains "the journal $TEST_TMP/link-b/d.vmdk.vmcrypt-journal is missing"
+expect_stderr_contains "run the command on that path, next to which the journal d.vmdk.vmcrypt-journal lies"
+expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-a/d.vmdk"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-b/d.vmdk"
+expect_same_as_raw "$TEST_TMP/link-b/d.vmdk" "$TEST_TMP/link.raw" "after finishing the encrypt through the first link"
