@@ -15,8 +15,22 @@ namespace vmcrypt::qcow2 {
 
 namespace {
 
-// Guest bytes handled per batch: each batch costs four syncs.
+// Guest bytes handled per batch: each batch costs two to four syncs. Data clusters are written as they
+// are planned, so a batch keeps only L2 entry changes in memory. A merge takes about 16 batches of 32
+// to 256 MiB, so a large merge pays fewer syncs and a stop request still waits for 256 MiB at most.
 constexpr std::uint64_t batch_bytes = 32ull << 20;
+constexpr std::uint64_t max_batch_bytes = 256ull << 20;
+constexpr std::uint64_t batches_per_merge = 16;
+
+// New data clusters are allocated this many bytes at a time (one refcount sync each), or fewer near the
+// end of the pieces. What is left at the end is freed again.
+constexpr std::uint64_t reserve_bytes = 128ull << 20;
+
+// Writeback of written data starts after this many bytes, so the batch's sync finds most of it written.
+constexpr std::uint64_t writeback_bytes = 32ull << 20;
+
+// How far ahead of the cluster being planned the overlays' data is read into the page cache.
+constexpr std::uint64_t prefetch_bytes = 64ull << 20;
 constexpr std::uint64_t bitmap_all_allocated = 0x00000000ffffffffull;
 constexpr std::uint64_t bitmap_all_zero = 0xffffffff00000000ull;
 
@@ -32,13 +46,11 @@ struct Release {
     std::uint64_t length = 0;
 };
 
+// The L2 entry change of one cluster; its data, if any, is written already.
 struct PendingCluster {
     std::uint64_t guest_cluster = 0;
     L2Entry old_entry;
-    L2Entry new_entry;  // for a new cluster, its host offset is filled in when allocated
-    bool new_cluster = false;
-    std::vector<std::uint8_t> data;  // the whole cluster, or empty when only the entry changes
-    std::uint64_t host = 0;
+    L2Entry new_entry;
     std::vector<Release> releases;
 };
 
@@ -67,16 +79,25 @@ public:
         std::uint64_t done = 0;
         std::uint64_t batch_done = 0;
         std::size_t first = 0;  // first piece that ends after the current cluster's start
+        std::size_t prefetched = 0;  // first piece not prefetched yet
+        std::uint64_t covered_bytes = 0;
+        for (const GuestPiece& piece : pieces)
+            covered_bytes += piece.length;
+        const std::uint64_t merge_batch_bytes = std::clamp(covered_bytes / batches_per_merge, batch_bytes, max_batch_bytes);
         std::uint64_t cluster = pieces.empty() ? 0 : pieces.front().guest_offset / cluster_size;
         while (first < pieces.size()) {
             const std::uint64_t begin = cluster * cluster_size;
             const std::uint64_t end = std::min(begin + cluster_size, header_.size);
+            for (; prefetched < pieces.size() && pieces[prefetched].guest_offset < begin + prefetch_bytes; ++prefetched)
+                reader_.prefetch(pieces[prefetched]);
+            clusters_left_ = (pieces.back().guest_offset + pieces.back().length - begin + cluster_size - 1) / cluster_size;
+
             std::vector<const GuestPiece*> in_cluster;
             for (std::size_t k = first; k < pieces.size() && pieces[k].guest_offset < end; ++k)
                 in_cluster.push_back(&pieces[k]);
             done += plan_cluster(cluster, begin, end, in_cluster);
             batch_done += cluster_size;
-            if (batch_done >= batch_bytes) {
+            if (batch_done >= merge_batch_bytes) {
                 flush_batch();
                 batch_done = 0;
                 if (progress)
@@ -89,6 +110,7 @@ public:
                 cluster = std::max(end, pieces[first].guest_offset) / cluster_size;
         }
         flush_batch();
+        release_reserve();
         if (progress)
             progress(done);
     }
@@ -205,23 +227,24 @@ private:
             return covered;
         }
 
-        pending.data.assign(cluster_size, 0);
+        data_.assign(cluster_size, 0);
         if (covered != end - begin)
-            read_current(current, guest_cluster, pending.data);
+            read_current(current, guest_cluster, data_);
         for (const GuestPiece* piece : in_cluster) {
             const std::uint64_t piece_begin = std::max(begin, piece->guest_offset);
             const std::uint64_t piece_end = std::min(end, piece->guest_offset + piece->length);
             if (piece_begin < piece_end)
                 reader_.read(*piece, piece_begin,
-                             {pending.data.data() + (piece_begin - begin), static_cast<std::size_t>(piece_end - piece_begin)});
+                             {data_.data() + (piece_begin - begin), static_cast<std::size_t>(piece_end - piece_begin)});
         }
 
+        // The data is written now: no entry points at a new cluster before the batch's L2 writes, and an
+        // in-place cluster is one that only the base reads at a range some overlay covers.
         const bool in_place = host != 0 && refcounts_.get(host >> header_.cluster_bits) == 1;
-        if (in_place) {
-            pending.host = host;
-            pending.new_entry = {host | flag_copied, extended ? bitmap_all_allocated : 0};
-        } else {
-            pending.new_cluster = true;
+        const std::uint64_t target = in_place ? host : take_reserved_cluster();
+        write_data(target);
+        pending.new_entry = {target | flag_copied, extended ? bitmap_all_allocated : 0};
+        if (!in_place) {
             if (compressed) {
                 CompressedCluster cluster = decode_compressed_entry(current.entry, header_.cluster_bits);
                 pending.releases.push_back({cluster.host_offset, cluster.stored_bytes});
@@ -240,20 +263,16 @@ private:
         const std::uint64_t cluster_size = header_.cluster_size();
         const std::uint64_t entries = header_.l2_entries();
 
-        // New L2 tables for entries in L1 ranges without one, then the new data clusters.
+        // New L2 tables for entries in L1 ranges without one.
         std::vector<std::uint64_t> new_tables;
-        std::uint64_t new_clusters = 0;
         for (const PendingCluster& pending : batch_) {
             const std::uint64_t l1_index = pending.guest_cluster / entries;
             if ((l1_[l1_index] & l1_offset_mask) == 0 &&
                 std::find(new_tables.begin(), new_tables.end(), l1_index) == new_tables.end())
                 new_tables.push_back(l1_index);
-            if (pending.new_cluster)
-                ++new_clusters;
         }
-        const std::uint64_t count = new_tables.size() + new_clusters;
-        if (count > 0) {
-            std::uint64_t next = refcounts_.allocate(file_, count);
+        if (!new_tables.empty()) {
+            std::uint64_t next = refcounts_.allocate(file_, new_tables.size());
             for (std::uint64_t l1_index : new_tables) {
                 L2Table table;
                 table.offset = next;
@@ -262,20 +281,9 @@ private:
                 tables_[l1_index] = std::move(table);
                 next += cluster_size;
             }
-            for (PendingCluster& pending : batch_) {
-                if (!pending.new_cluster)
-                    continue;
-                pending.host = next;
-                pending.new_entry = {next | flag_copied, header_.extended_l2() ? bitmap_all_allocated : 0};
-                next += cluster_size;
-            }
         }
 
-        // Data first: no entry points at a new cluster yet, and an in-place cluster is one that only
-        // the base reads at a range some overlay covers.
-        for (const PendingCluster& pending : batch_)
-            if (!pending.data.empty())
-                file_.write_exact(pending.host, pending.data);
+        // The batch's data, written while it was planned, becomes durable before any entry points at it.
         file_.sync_data();
         fault_point("qcow2-merge-data-written");
 
@@ -338,6 +346,42 @@ private:
         tables_.clear();
     }
 
+    // Returns a new cluster for data, from clusters allocated reserve_bytes at a time. The refcounts
+    // are durable before the data is written, so a crash leaks the reserve at worst.
+    std::uint64_t take_reserved_cluster()
+    {
+        const std::uint64_t cluster_size = header_.cluster_size();
+        if (reserve_left_ == 0) {
+            reserve_left_ = std::clamp<std::uint64_t>(clusters_left_, 1, std::max<std::uint64_t>(1, reserve_bytes / cluster_size));
+            reserve_next_ = refcounts_.allocate(file_, reserve_left_);
+        }
+        const std::uint64_t cluster = reserve_next_;
+        reserve_next_ += cluster_size;
+        --reserve_left_;
+        return cluster;
+    }
+
+    // Frees the reserved clusters that no entry uses, so the merged base has no leaks.
+    void release_reserve()
+    {
+        if (reserve_left_ == 0)
+            return;
+        for (std::uint64_t offset = reserve_next_; reserve_left_ > 0; offset += header_.cluster_size(), --reserve_left_)
+            refcounts_.set(offset >> header_.cluster_bits, 0);
+        refcounts_.flush(file_);
+    }
+
+    // Writes the cluster in data_ at `host` and starts writeback every writeback_bytes.
+    void write_data(std::uint64_t host)
+    {
+        file_.write_exact(host, data_);
+        unstarted_writeback_ += data_.size();
+        if (unstarted_writeback_ >= writeback_bytes) {
+            file_.start_writeback(0, 0);
+            unstarted_writeback_ = 0;
+        }
+    }
+
     File& file_;
     const Header& header_;
     Refcounts& refcounts_;
@@ -346,6 +390,11 @@ private:
     std::vector<std::uint64_t> l1_;
     std::map<std::uint64_t, L2Table> tables_;  // L2 tables the current batch reads or changes
     std::vector<PendingCluster> batch_;
+    std::vector<std::uint8_t> data_;  // the cluster being planned
+    std::uint64_t reserve_next_ = 0;
+    std::uint64_t reserve_left_ = 0;
+    std::uint64_t unstarted_writeback_ = 0;
+    std::uint64_t clusters_left_ = 0;  // guest clusters from the one being planned to the last piece's end
 };
 
 }  // namespace

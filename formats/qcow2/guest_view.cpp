@@ -220,4 +220,10 @@ void PieceReader::read(const GuestPiece& piece, std::uint64_t offset, std::span<
     std::copy_n(cached_cluster_.begin() + static_cast<std::ptrdiff_t>(in_cluster), out.size(), out.begin());
 }
 
+void PieceReader::prefetch(const GuestPiece& piece) const
+{
+    if (piece.kind == PieceKind::data)
+        layers_[piece.layer].file->prefetch(piece.host_offset, piece.length);
+}
+
 }  // namespace vmcrypt::qcow2

@@ -68,6 +68,9 @@ public:
     // Fills `out` with the guest bytes from `offset`, which lies inside `piece`.
     void read(const GuestPiece& piece, std::uint64_t offset, std::span<std::uint8_t> out);
 
+    // Starts reading a data piece's bytes into the page cache, so that read() finds them there.
+    void prefetch(const GuestPiece& piece) const;
+
 private:
     const std::vector<OverlayLayer>& layers_;
     std::size_t cached_layer_ = 0;
