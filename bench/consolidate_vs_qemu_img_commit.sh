@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Merge speed of `vmcrypt consolidate-snapshots` against `qemu-img commit`, measured in one run on
-# copies of the same chain in DIR: a base disk with 64 MiB of data and one delta holding SIZE_GIB of
-# random data, over a monolithicSparse base, a monolithicFlat base (hosted sparse VMDK deltas) and a
-# qcow2 base (a qcow2 overlay). Both tools make the base durable: vmcrypt syncs each batch of data
-# before the metadata that points to it, and qemu-img commit fdatasyncs the base's files before it
-# exits (strace shows it for the flat extent and for qcow2), and per grain table update for sparse
-# VMDK. `qemu-img commit -d` keeps the delta instead of emptying it, which vmdk cannot do, so its timed
-# command also removes the delta file and then syncs the folder, as vmcrypt does. vmcrypt picks its strategy itself: stream
-# (copy the 32 MiB of base data the delta does not cover into the delta, then rename it over the base)
-# for the sparse base, commit for the flat one. Prints both times and their ratio (target: vmcrypt
-# >= 2x), and checks that both bases are identical to the top's data.
+# copies of the same chain in DIR. One delta holds SIZE_GIB of random data. The cases:
+# - monolithicSparse, monolithicFlat: a VMDK base with 64 MiB of data under a hosted sparse delta;
+# - qcow2: a qcow2 base with 64 MiB of data under a qcow2 overlay;
+# - qcow2-full-base: a qcow2 base with 3 x SIZE_GIB of data, so that streaming would copy more than
+#   the overlay holds and vmcrypt commits.
+# vmcrypt picks its strategy itself: stream (copy the base data that the delta does not cover into the
+# delta, then rename it over the base) for the sparse and qcow2 bases, commit for the flat and full ones.
+#
+# Both tools make the base durable: vmcrypt syncs each batch of data before the metadata that points
+# to it, and qemu-img commit fdatasyncs the base's files before it exits (strace shows it for the flat
+# extent and for qcow2), and per grain table update for sparse VMDK. `qemu-img commit -d` keeps the
+# delta instead of emptying it, which vmdk cannot do, so its timed command also removes the delta file
+# and then syncs the folder, as vmcrypt does. Prints both times and their ratio (target: vmcrypt >= 2x),
+# and checks that both bases are identical to the top's data.
 #
 # Each case runs RUNS A/B pairs on fresh copies, the tool that goes first alternating between runs.
 # Before each tool starts, its copy is synced and its pages are dropped from the page cache, so
@@ -18,7 +22,7 @@
 # Usage: bench/consolidate_vs_qemu_img_commit.sh [VMCRYPT_BINARY] [SIZE_GIB] [DIR] [RUNS]
 # SUBFORMATS (environment) limits the cases, for example SUBFORMATS=qcow2.
 # DIR defaults to /var/tmp, a disk file system on Debian; give /dev/shm for tmpfs, where syncs cost
-# nothing. Needs: qemu-utils, bc, about 5 x SIZE_GIB free in DIR.
+# nothing. Needs: qemu-utils, bc, about 12 x SIZE_GIB free in DIR (5 x without qcow2-full-base).
 set -euo pipefail
 
 vmcrypt=${1:-build/tools/vmcrypt}
@@ -65,22 +69,28 @@ run_qemu() {
 
 printf 'data: %d GiB of random bytes in one delta, in %s (%s, %s cores)\n' "$size_gib" "$folder" \
   "$(stat -f -c %T "$work")" "$(nproc)"
-for subformat in ${SUBFORMATS:-monolithicSparse monolithicFlat qcow2}; do
+for subformat in ${SUBFORMATS:-monolithicSparse monolithicFlat qcow2 qcow2-full-base}; do
   rm -rf chain vmcrypt-copy qemu-copy
   mkdir chain
-  if [[ $subformat == qcow2 ]]; then
+  if [[ $subformat == qcow2* ]]; then
     format=qcow2 base=base.qcow2 top=top.qcow2
   else
     format=vmdk base=base.vmdk top=base-000001.vmdk
   fi
   (
     cd chain
-    if [[ $format == qcow2 ]]; then
+    if [[ $subformat == qcow2-full-base ]]; then
+      # The base holds more data outside the delta than the delta holds, so vmcrypt commits.
+      qemu-img create -q -f qcow2 "$base" $((size_gib * 4))G
+      qemu-io -f qcow2 -c "write -q -s ../random.raw 0 $size" -c "write -q -s ../random.raw $size $size" \
+        -c "write -q -s ../random.raw $((2 * size)) $size" "$base"
+    elif [[ $format == qcow2 ]]; then
       qemu-img create -q -f qcow2 "$base" $((size_gib * 2))G
+      qemu-io -f "$format" -c "write -P 0x11 0 64M" "$base" >/dev/null
     else
       qemu-img create -q -f vmdk -o "subformat=$subformat" "$base" $((size_gib * 2))G
+      qemu-io -f "$format" -c "write -P 0x11 0 64M" "$base" >/dev/null
     fi
-    qemu-io -f "$format" -c "write -P 0x11 0 64M" "$base" >/dev/null
     qemu-img create -q -f "$format" -b "$base" -F "$format" "$top"
     qemu-io -f "$format" -c "write -q -s ../random.raw 32M $size" "$top"
   )
