@@ -5,6 +5,7 @@
 #include "core/engine/key_change.hpp"
 #include "core/engine/operation_steps.hpp"
 #include "core/engine/rekey.hpp"
+#include "core/engine/resume_hint.hpp"
 #include "core/engine/space_check.hpp"
 #include "core/error.hpp"
 #include "core/io/locks.hpp"
@@ -187,8 +188,10 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
             if (!source)
                 throw KeyUnavailable(where + ": " + name + " must be resealed under the new DEK, but no given key "
                                      "opens it; give its key too (--key-file, --passphrase-file, --keystore), or "
-                                     "remove the slot first with: vmcrypt keys remove --slot " +
-                                     std::to_string(ids[position]) + " " + where);
+                                     "remove the slot first with: " +
+                                     command_with_unlock_keys({"vmcrypt", "keys", "remove", "--slot",
+                                                               std::to_string(ids[position])},
+                                                              where));
             std::unique_ptr<KeySource> sealer = source->same_kek_sealer(slot);
             if (!sealer)
                 throw UsageError(where + ": " + name + " cannot be resealed by " + source->description() +

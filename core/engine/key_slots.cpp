@@ -4,6 +4,7 @@
 #include "core/engine/key_change.hpp"
 #include "core/engine/operation_steps.hpp"
 #include "core/engine/rekey.hpp"
+#include "core/engine/resume_hint.hpp"
 #include "core/error.hpp"
 #include "core/text/shell_words.hpp"
 
@@ -176,8 +177,8 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
     if (after.key_slots.size() + seal.size() > max_key_slots)
         throw InvalidInput(where + ": the encryption record has " + std::to_string(after.key_slots.size()) +
                            " key slots, and " + std::to_string(seal.size()) + " more would pass the maximum of " +
-                           std::to_string(max_key_slots) + "; remove one first with: vmcrypt keys remove --slot ID " +
-                           where + " and the key options of this command");
+                           std::to_string(max_key_slots) + "; remove one first with: " +
+                           command_with_unlock_keys({"vmcrypt", "keys", "remove", "--slot", "ID"}, where));
     for (auto& source : seal)
         source->check_ready();
 

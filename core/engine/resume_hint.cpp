@@ -50,4 +50,12 @@ std::string resume_command(Operation operation, const std::filesystem::path& pat
     return shell_command(words);
 }
 
+std::string command_with_unlock_keys(std::vector<std::string> words, const std::filesystem::path& path)
+{
+    const ResumeKeys& keys = resume_keys();
+    words.insert(words.end(), keys.unlock.begin(), keys.unlock.end());
+    words.push_back(path.string());
+    return shell_command(words);
+}
+
 }  // namespace vmcrypt

@@ -24,4 +24,8 @@ void set_resume_key_arguments(Operation owner, std::vector<std::string> unlock,
 // command was not given, so its command is followed by a note naming the key to add.
 std::string resume_command(Operation operation, const std::filesystem::path& path);
 
+// Returns `words` ("vmcrypt", "keys", "remove", "--slot", "1"), then the options that unlock the disk
+// in this run, then the path, shell-quoted: a command that a message names besides the resume command.
+std::string command_with_unlock_keys(std::vector<std::string> words, const std::filesystem::path& path);
+
 }  // namespace vmcrypt

@@ -118,3 +118,22 @@ expect_stderr_contains "run the command on that path, next to which the journal 
 expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-a/d.vmdk"
 expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-b/d.vmdk"
 expect_same_as_raw "$TEST_TMP/link-b/d.vmdk" "$TEST_TMP/link.raw" "after finishing the encrypt through the first link"
+
+# A deep rekey that cannot reseal a passphrase slot names a keys remove command with the key options
+# that open the disk, and that command works as printed.
+printf 'a passphrase for the hint test\n' >"$TEST_TMP/hint-passphrase"
+make_random_disk monolithicSparse "$TEST_TMP/link-a/slots.vmdk" 16M 8M "$TEST_TMP/slots.raw"
+expect_exit 0 "$VMCRYPT" encrypt --key-file "$TEST_TMP/kek.bin" "$TEST_TMP/link-a/slots.vmdk"
+expect_exit 0 "$VMCRYPT" keys add --key-file "$TEST_TMP/kek.bin" --new-passphrase-file "$TEST_TMP/hint-passphrase" \
+    "$TEST_TMP/link-a/slots.vmdk"
+expect_exit 4 "$VMCRYPT" rekey --deep --key-file "$TEST_TMP/kek.bin" --new-key-file "$TEST_TMP/new-kek.bin" \
+    "$TEST_TMP/link-a/slots.vmdk"
+expect_stderr_contains "remove the slot first with: vmcrypt keys remove --slot 1 --key-file $TEST_TMP/kek.bin "
+hint=$(sed -n 's/.*remove the slot first with: \(vmcrypt keys remove .*\)$/\1/p' "$TEST_TMP/last.stderr")
+(PATH="$(dirname "$VMCRYPT"):$PATH" bash -c "$hint") >"$TEST_TMP/hint.out" 2>&1 ||
+    fail "the printed keys remove command failed: $hint
+$(cat "$TEST_TMP/hint.out")"
+expect_exit 0 "$VMCRYPT" rekey --deep --key-file "$TEST_TMP/kek.bin" --new-key-file "$TEST_TMP/new-kek.bin" \
+    "$TEST_TMP/link-a/slots.vmdk"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$TEST_TMP/link-a/slots.vmdk"
+expect_same_as_raw "$TEST_TMP/link-a/slots.vmdk" "$TEST_TMP/slots.raw" "after the deep rekey with the slot removed"
