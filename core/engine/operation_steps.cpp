@@ -84,8 +84,8 @@ void check_relations(Disk& disk, const std::string& where, bool foreign_unlocked
         throw WrongDiskState(where + ": the disk is a snapshot of " + relations.parents.front() +
                              "; merge the chain first with: " + merge_command(disk, where, where, true));
     // A snapshot of a VMDK that vmcrypt encrypted contains what a program wrote over the ciphertext and the
-    // ciphertext that copy-on-write copied, which no command can make plaintext (QEMU, in contrast,
-    // decrypts a qcow2 backing image and writes plaintext into its overlays).
+    // ciphertext that copy-on-write copied, and no command can make plaintext of that. QEMU, in contrast,
+    // decrypts a qcow2 backing image and writes plaintext into its overlays.
     if (!relations.children.empty() && disk.record() && !disk.data_changes_while_encrypted())
         throw WrongDiskState(where + ": the disk has snapshots made after it was encrypted (" +
                              join(relations.children, ", ") + " names it as parent); they hold writes over the "
@@ -211,7 +211,7 @@ UnlockedKey unlock_key_slot(const RecordFields& fields, const std::vector<KeySou
         }
     }
     if (first_failure) {
-        // A source names its key file or KMS provider; the disk comes first, so that a script that
+        // A source names its key file or KMS provider. The disk comes first, so that a script that
         // unlocks many disks can tell which one failed.
         std::string message = first_failure->what();
         if (message.rfind(where + ":", 0) != 0)

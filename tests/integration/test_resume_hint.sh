@@ -106,7 +106,7 @@ expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/new-kek.bin" "$disk"
 expect_same_as_raw "$disk" "$TEST_TMP/plain.raw" "after the deep rekey finished with its new key"
 
 # A disk reached through a hard link in another folder: the journal lies next to the path the
-# interrupted run used, and the message says to run the command there.
+# interrupted run used, and the message tells the user to run the command there.
 mkdir "$TEST_TMP/link-a" "$TEST_TMP/link-b"
 make_random_disk monolithicSparse "$TEST_TMP/link-a/d.vmdk" 16M 8M "$TEST_TMP/link.raw"
 ln "$TEST_TMP/link-a/d.vmdk" "$TEST_TMP/link-b/d.vmdk"
