@@ -20,7 +20,11 @@ namespace vmcrypt {
 namespace {
 
 // Allocated bytes of [begin, end) by FIEMAP, or nullopt when the file system does not support it.
-// Unwritten (preallocated) and delayed-allocation extents hold their blocks already, so they count.
+// Unwritten (preallocated) and delayed-allocation extents own their blocks already, so they count.
+// Shared extents (a reflink copy on XFS or Btrfs) do not, because a write gives the file its own
+// blocks. NOTE: the tests have no reflink file system, so that branch has not run.
+// NOTE: on Btrfs every overwrite allocates new blocks before it frees the old ones, which this does
+// not count.
 std::optional<std::uint64_t> fiemap_allocated(const File& file, std::uint64_t begin, std::uint64_t end)
 {
     constexpr std::size_t batch = 256;
@@ -48,7 +52,7 @@ std::optional<std::uint64_t> fiemap_allocated(const File& file, std::uint64_t be
             const std::uint64_t extent_end = extent_begin + extent.fe_length;
             const std::uint64_t from = std::max(position, extent_begin);
             const std::uint64_t to = std::min(end, extent_end);
-            if (to > from)
+            if (to > from && (extent.fe_flags & FIEMAP_EXTENT_SHARED) == 0)
                 allocated += to - from;
             position = std::max(position, extent_end);
             last = last || (extent.fe_flags & FIEMAP_EXTENT_LAST) != 0;

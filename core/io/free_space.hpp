@@ -14,7 +14,8 @@ namespace vmcrypt {
 
 // Bytes that writing all of [offset, offset + length) of `file` makes the file system allocate: the
 // holes in that range and the part past the end of the file. Preallocated (unwritten) extents count
-// as allocated where FIEMAP reports them; without FIEMAP (tmpfs) SEEK_HOLE decides.
+// as allocated where FIEMAP reports them, and shared (reflinked) extents as unallocated; without
+// FIEMAP (tmpfs) SEEK_HOLE decides.
 std::uint64_t unallocated_bytes(const File& file, std::uint64_t offset, std::uint64_t length);
 
 // Space that one part of an operation allocates on the file system that contains `path` (an existing
