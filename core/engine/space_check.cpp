@@ -47,12 +47,14 @@ void check_rewrite_space(Disk& disk, Operation operation, const RewriteSpace& sp
     const std::vector<File*> files = disk.files();
     std::vector<SpaceDemand> demands;
     if (space.format_bytes > 0)
-        demands.push_back({files.front()->path(), space.format_bytes, "new " + disk.format() + " metadata and clusters"});
+        demands.push_back(
+            {files.front()->path(), space.format_bytes, "new " + disk.format() + " metadata and clusters"});
 
     const std::vector<std::uint64_t> holes = hole_bytes_per_file(disk);
     for (std::size_t i = 0; i < files.size(); ++i)
         if (holes[i] > 0)
-            demands.push_back({files[i]->path(), holes[i], "data written into holes of " + files[i]->path().filename().string()});
+            demands.push_back(
+                {files[i]->path(), holes[i], "data written into holes of " + files[i]->path().filename().string()});
 
     const std::filesystem::path journal_path = Journal::path_for(files.front()->path());
     demands.push_back({journal_path, Journal::file_size(space.window_size, space.max_metadata_bytes), "the journal"});

@@ -36,50 +36,74 @@ std::uint64_t Refcounts::end_of_used_clusters() const
     return file_clusters_;
 }
 
+Refcounts::AllocationPlan Refcounts::plan_allocation(std::uint64_t count) const
+{
+    // The run and the refcount blocks it lacks, placed right behind it: [start, start + count + missing).
+    // Every cluster of a range without a block has refcount 0, so the search finds the blocks' room too.
+    AllocationPlan plan;
+    for (;;) {
+        plan.start = find_free_run(count + plan.missing.size(), free_hint_);
+        std::vector<std::uint64_t> now;
+        const std::uint64_t end = plan.start + count + plan.missing.size();
+        for (std::uint64_t block_index = plan.start / entries_per_block_; block_index <= (end - 1) / entries_per_block_;
+             ++block_index)
+            if (!has_block(block_index))
+                now.push_back(block_index);
+        if (!now.empty() && now.back() >= table_.size()) {
+            plan.table_entries_needed = now.back() + 1;
+            return plan;
+        }
+        const bool fits = now.size() <= plan.missing.size();
+        plan.missing = now;
+        if (fits)
+            return plan;  // the run found has room for every block it lacks
+    }
+}
+
+std::uint64_t Refcounts::reserve(const AllocationPlan& plan, std::uint64_t count)
+{
+    const std::uint64_t cluster_size = std::uint64_t{1} << cluster_bits_;
+    for (std::size_t k = 0; k < plan.missing.size(); ++k) {
+        table_[plan.missing[k]] = (plan.start + count + k) << cluster_bits_;
+        blocks_[plan.missing[k]].assign(cluster_size, 0);
+    }
+    const std::uint64_t end = plan.start + count + plan.missing.size();
+    for (std::uint64_t cluster = plan.start; cluster < end; ++cluster)
+        set(cluster, 1);
+    if (plan.start == free_hint_)
+        free_hint_ = end;
+    file_clusters_ = std::max(file_clusters_, end);
+    return end;
+}
+
+std::optional<std::pair<std::uint64_t, std::uint64_t>> Refcounts::allocate_in_memory(std::uint64_t count)
+{
+    const AllocationPlan plan = plan_allocation(count);
+    if (plan.table_entries_needed != 0)
+        return std::nullopt;
+    return std::pair{plan.start, reserve(plan, count)};
+}
+
 std::uint64_t Refcounts::allocate(File& file, std::uint64_t count)
 {
     if (count == 0)
         throw Error(ExitCode::failure, where_ + ": internal error: allocation of 0 clusters");
 
-    // The run and the refcount blocks it lacks, placed right behind it: [start, start + count + missing).
-    // Every cluster of a range without a block has refcount 0, so the search finds the blocks' room too.
-    std::uint64_t start = 0;
-    std::vector<std::uint64_t> missing;
-    for (;;) {
-        start = find_free_run(count + missing.size(), free_hint_);
-        std::vector<std::uint64_t> now;
-        const std::uint64_t end = start + count + missing.size();
-        for (std::uint64_t block_index = start / entries_per_block_; block_index <= (end - 1) / entries_per_block_;
-             ++block_index)
-            if (!has_block(block_index))
-                now.push_back(block_index);
-        if (!now.empty() && now.back() >= table_.size()) {
-            grow_table(file, now.back() + 1);
-            missing.clear();
-            continue;
-        }
-        const bool fits = now.size() <= missing.size();
-        missing = now;
-        if (fits)
-            break;  // the run found has room for every block it lacks
+    AllocationPlan plan = plan_allocation(count);
+    while (plan.table_entries_needed != 0) {
+        grow_table(file, plan.table_entries_needed);
+        plan = plan_allocation(count);
     }
+    reserve(plan, count);
 
-    const std::uint64_t cluster_size = std::uint64_t{1} << cluster_bits_;
-    for (std::size_t k = 0; k < missing.size(); ++k) {
-        table_[missing[k]] = (start + count + k) << cluster_bits_;
-        blocks_[missing[k]].assign(cluster_size, 0);
-    }
-    const std::uint64_t end = start + count + missing.size();
-    for (std::uint64_t cluster = start; cluster < end; ++cluster)
-        set(cluster, 1);
-    for (std::uint64_t block_index : missing) {
+    for (std::uint64_t block_index : plan.missing) {
         file.write_exact(table_[block_index], blocks_[block_index]);
         dirty_sectors_.erase(block_index);
     }
     flush(file);  // raised refcounts in existing blocks, and a sync for the new blocks
-    if (!missing.empty()) {
+    if (!plan.missing.empty()) {
         fault_point("qcow2-refblock-written");
-        for (std::uint64_t block_index : missing) {
+        for (std::uint64_t block_index : plan.missing) {
             std::uint8_t entry[8];
             store_be64(entry, 0, table_[block_index]);
             file.write_exact(table_offset_ + block_index * 8, entry);
@@ -89,10 +113,7 @@ std::uint64_t Refcounts::allocate(File& file, std::uint64_t count)
     }
     // COMMIT POINT: the clusters are durably in use. A crash before the caller links them leaks them.
     fault_point("qcow2-clusters-allocated");
-    if (start == free_hint_)
-        free_hint_ = end;
-    file_clusters_ = std::max(file_clusters_, end);
-    return start << cluster_bits_;
+    return plan.start << cluster_bits_;
 }
 
 // Moves the refcount table to a larger one after every used cluster, with the new blocks that the

@@ -143,7 +143,11 @@ void QcowDisk::load(bool check_state)
     } else {
         refcounts_ = Refcounts::load(file, header_, name_);
         try {
-            check_refcounts(count_references());
+            const ClusterReferences references = count_references();
+            check_refcounts(references);
+            leak_repairs_.clear();
+            if (references_complete())
+                leak_repairs_ = find_leak_repairs(references);
         } catch (const SharedCluster& e) {
             // Rewriting a shared cluster in place would encrypt it twice with two tweaks. A copy gives
             // every guest cluster its own host cluster.

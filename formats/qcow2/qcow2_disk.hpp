@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace vmcrypt::qcow2 {
@@ -76,6 +77,11 @@ private:
     ClusterReferences count_references();
     void check_refcounts(const ClusterReferences& references) const;
     void repair_leaks();
+    // The (cluster, refcount) pairs that repair_leaks() sets for `references`.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> find_leak_repairs(const ClusterReferences& references) const;
+    // The bytes prepare_encrypt() (`decompress`) or prepare_rekey() adds to the file, from a dry run of
+    // their allocations. nullopt when the refcount table would grow, because the dry run does not model that.
+    std::optional<std::uint64_t> planned_growth(std::uint64_t area_clusters, bool decompress) const;
     // An upper bound of what `allocations` calls of Refcounts::allocate() for `clusters` clusters in all
     // add to the file, in bytes.
     std::uint64_t allocation_bound(std::uint64_t clusters, std::uint64_t allocations) const;
@@ -102,6 +108,7 @@ private:
     ClusterMap map_;
     std::vector<Snapshot> snapshots_;
     std::optional<Refcounts> refcounts_;  // loaded for read-write opens
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> leak_repairs_;  // what repair_leaks() would set
     std::optional<RecordFields> record_;
     std::optional<CryptoHeaderPointer> prepared_area_;  // LUKS area allocated by an encrypt, not yet in the header
     // The LUKS area for the new DEK of a deep rekey: written by prepare_rekey(), or named by the header's

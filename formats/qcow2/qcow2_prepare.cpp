@@ -10,6 +10,7 @@
 
 #include "core/engine/fault_injection.hpp"
 #include "core/error.hpp"
+#include "core/io/free_space.hpp"
 #include "core/log.hpp"
 #include "formats/qcow2/big_endian.hpp"
 #include "formats/qcow2/compression.hpp"
@@ -101,6 +102,8 @@ std::uint64_t QcowDisk::prepare_encrypt_bytes() const
     const std::uint64_t cluster_size = header_.cluster_size();
     const std::uint64_t compressed = map_.compressed.size();
     const std::uint64_t area_clusters = (luks_area_size() + cluster_size - 1) / cluster_size;
+    if (std::optional<std::uint64_t> growth = planned_growth(area_clusters, true))
+        return *growth;
     const std::uint64_t batches = (compressed + decompress_batch - 1) / decompress_batch;
     return allocation_bound(compressed + area_clusters, batches + 1);
 }
@@ -108,14 +111,55 @@ std::uint64_t QcowDisk::prepare_encrypt_bytes() const
 std::uint64_t QcowDisk::prepare_rekey_bytes() const
 {
     const std::uint64_t cluster_size = header_.cluster_size();
-    return allocation_bound((luks_area_size() + cluster_size - 1) / cluster_size, 1);
+    const std::uint64_t area_clusters = (luks_area_size() + cluster_size - 1) / cluster_size;
+    if (std::optional<std::uint64_t> growth = planned_growth(area_clusters, false))
+        return *growth;
+    return allocation_bound(area_clusters, 1);
+}
+
+// Runs the allocations of prepare_encrypt() or prepare_rekey() on a copy of the refcounts: the leak
+// repair, the decompression batches with their releases (encrypt only), then the LUKS area. Adds up the
+// clusters that land in holes of the file or past its end.
+std::optional<std::uint64_t> QcowDisk::planned_growth(std::uint64_t area_clusters, bool decompress) const
+{
+    if (!refcounts_)
+        return 0;
+    Refcounts plan = *refcounts_;
+    for (const auto& [cluster, refcount] : leak_repairs_)
+        plan.set(cluster, refcount);
+
+    const std::uint64_t cluster_size = header_.cluster_size();
+    std::uint64_t growth = 0;
+    auto allocate = [&](std::uint64_t count) {
+        const auto run = plan.allocate_in_memory(count);
+        if (run)
+            growth += unallocated_bytes(*file_, run->first * cluster_size, (run->second - run->first) * cluster_size);
+        return run.has_value();
+    };
+
+    const std::vector<CompressedCluster>& compressed = map_.compressed;
+    for (std::size_t first = 0; decompress && first < compressed.size(); first += decompress_batch) {
+        const std::size_t count = std::min(decompress_batch, compressed.size() - first);
+        if (!allocate(count))
+            return std::nullopt;
+        for (std::size_t i = first; i < first + count; ++i) {
+            const std::uint64_t begin = compressed[i].host_offset & ~std::uint64_t{511};
+            const std::uint64_t end = begin + compressed[i].stored_bytes + (compressed[i].host_offset & 511);
+            for (std::uint64_t host = begin >> header_.cluster_bits; host <= (end - 1) >> header_.cluster_bits; ++host)
+                if (plan.get(host) > 0)
+                    plan.set(host, plan.get(host) - 1);
+        }
+    }
+    if (!allocate(area_clusters))
+        return std::nullopt;
+    return growth;
 }
 
 // Counts every cluster as new at the end of the file, although allocate() may reuse free clusters
 // inside it. Each call may start a refcount block at a block boundary.
-// NOTE: the bound assumes that the refcount table grows at most once (to 1.5 times its size or to
-// what the new end needs, with the blocks that cover it); an image whose table grows twice in one
-// run can need a few clusters more, which the ENOSPC message then covers.
+// NOTE: the bound assumes that the refcount table grows at most once, to 1.5 times its size or to
+// what the new end needs, with the blocks that cover it. An image whose table grows twice in one run
+// can need a few clusters more, and the ENOSPC message then says how to continue.
 std::uint64_t QcowDisk::allocation_bound(std::uint64_t clusters, std::uint64_t allocations) const
 {
     if (!refcounts_ || clusters == 0)
@@ -134,6 +178,23 @@ std::uint64_t QcowDisk::allocation_bound(std::uint64_t clusters, std::uint64_t a
     return total * cluster_size;
 }
 
+std::vector<std::pair<std::uint64_t, std::uint64_t>>
+QcowDisk::find_leak_repairs(const ClusterReferences& references) const
+{
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> repairs;
+    const std::uint64_t end = refcounts_->end_of_used_clusters();
+    for (std::uint64_t cluster = 0; cluster < end; ++cluster) {
+        const std::uint64_t refcount = refcounts_->get(cluster);
+        const std::uint64_t count = references.count(cluster);
+        // A cluster without references is leaked; a compressed host cluster may keep a refcount from
+        // entries that were decompressed. Others (refcount 2 on data) stay, because lowering them would
+        // contradict their COPIED flags; qemu-img check -r all repairs those.
+        if (refcount > count && (count == 0 || references.compressed_only(cluster)))
+            repairs.emplace_back(cluster, count);
+    }
+    return repairs;
+}
+
 void QcowDisk::repair_leaks()
 {
     if (!references_complete()) {
@@ -142,20 +203,10 @@ void QcowDisk::repair_leaks()
         log_info(name_ + ": not checking for leaked clusters: the image has bitmaps or unknown extensions");
         return;
     }
-    ClusterReferences references = count_references();
-    std::uint64_t repaired = 0;
-    const std::uint64_t end = refcounts_->end_of_used_clusters();
-    for (std::uint64_t cluster = 0; cluster < end; ++cluster) {
-        const std::uint64_t refcount = refcounts_->get(cluster);
-        const std::uint64_t count = references.count(cluster);
-        // A cluster without references is leaked; a compressed host cluster may keep a refcount from
-        // entries that were decompressed. Others (refcount 2 on data) stay, because lowering them would
-        // contradict their COPIED flags; qemu-img check -r all repairs those.
-        if (refcount > count && (count == 0 || references.compressed_only(cluster))) {
-            refcounts_->set(cluster, count);
-            ++repaired;
-        }
-    }
+    const std::vector<std::pair<std::uint64_t, std::uint64_t>> repairs = find_leak_repairs(count_references());
+    for (const auto& [cluster, refcount] : repairs)
+        refcounts_->set(cluster, refcount);
+    const std::uint64_t repaired = repairs.size();
     if (repaired == 0)
         return;
     refcounts_->flush(*file_);

@@ -17,8 +17,10 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace vmcrypt::qcow2 {
@@ -56,7 +58,23 @@ public:
     // The first cluster after the file's end and after every cluster whose refcount is not 0.
     std::uint64_t end_of_used_clusters() const;
 
+    // Does what allocate() does to these refcounts in memory only, for planning on a copy. Returns the
+    // clusters taken, [first, end) with the new refcount blocks, or nullopt when the refcount table would
+    // have to grow.
+    std::optional<std::pair<std::uint64_t, std::uint64_t>> allocate_in_memory(std::uint64_t count);
+
 private:
+    // The placement of `count` clusters by allocate(): the run start and the refcount blocks it lacks,
+    // or the table entries needed when the table must grow first.
+    struct AllocationPlan {
+        std::uint64_t start = 0;
+        std::vector<std::uint64_t> missing;
+        std::uint64_t table_entries_needed = 0;
+    };
+    AllocationPlan plan_allocation(std::uint64_t count) const;
+    // Sets the refcounts and block entries of `plan` in memory; returns the end of the run.
+    std::uint64_t reserve(const AllocationPlan& plan, std::uint64_t count);
+
     Refcounts() = default;
     bool has_block(std::uint64_t block_index) const;
     std::uint64_t find_free_run(std::uint64_t count, std::uint64_t start) const;
