@@ -36,6 +36,14 @@ std::uint64_t Refcounts::end_of_used_clusters() const
     return file_clusters_;
 }
 
+std::uint64_t Refcounts::block_bytes() const
+{
+    std::uint64_t bytes = 0;
+    for (const std::vector<std::uint8_t>& block : blocks_)
+        bytes += block.size();
+    return bytes;
+}
+
 Refcounts::AllocationPlan Refcounts::plan_allocation(std::uint64_t count) const
 {
     // The run and the refcount blocks it lacks, placed right behind it: [start, start + count + missing).

@@ -80,7 +80,8 @@ private:
     // The (cluster, refcount) pairs that repair_leaks() sets for `references`.
     std::vector<std::pair<std::uint64_t, std::uint64_t>> find_leak_repairs(const ClusterReferences& references) const;
     // The bytes prepare_encrypt() (`decompress`) or prepare_rekey() adds to the file, from a dry run of
-    // their allocations. nullopt when the refcount table would grow, because the dry run does not model that.
+    // their allocations. nullopt when the refcount table would grow, because the dry run does not model
+    // that, or when the refcounts are too large to copy.
     std::optional<std::uint64_t> planned_growth(std::uint64_t area_clusters, bool decompress) const;
     // An upper bound of what `allocations` calls of Refcounts::allocate() for `clusters` clusters in all
     // add to the file, in bytes.

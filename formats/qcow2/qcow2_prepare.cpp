@@ -122,8 +122,13 @@ std::uint64_t QcowDisk::prepare_rekey_bytes() const
 // clusters that land in holes of the file or past its end.
 std::optional<std::uint64_t> QcowDisk::planned_growth(std::uint64_t area_clusters, bool decompress) const
 {
+    // A copy of the refcounts of a multi-terabyte image would double a large allocation; its growth is
+    // bounded instead.
+    constexpr std::uint64_t max_copied_block_bytes = 256ull << 20;
     if (!refcounts_)
         return 0;
+    if (refcounts_->block_bytes() > max_copied_block_bytes)
+        return std::nullopt;
     Refcounts plan = *refcounts_;
     for (const auto& [cluster, refcount] : leak_repairs_)
         plan.set(cluster, refcount);

@@ -58,6 +58,9 @@ public:
     // The first cluster after the file's end and after every cluster whose refcount is not 0.
     std::uint64_t end_of_used_clusters() const;
 
+    // Bytes of the refcount blocks held in memory, the cost of a copy.
+    std::uint64_t block_bytes() const;
+
     // Does what allocate() does to these refcounts in memory only, for planning on a copy. Returns the
     // clusters taken, [first, end) with the new refcount blocks, or nullopt when the refcount table would
     // have to grow.
