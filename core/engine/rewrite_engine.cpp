@@ -10,6 +10,7 @@
 #include "core/io/locks.hpp"
 #include "core/io/mapped_range.hpp"
 #include "core/log.hpp"
+#include "core/text/terminal_text.hpp"
 
 #include <algorithm>
 #include <optional>
@@ -123,8 +124,17 @@ struct RewriteEngine::Impl {
         for (std::size_t i = 0; i < segments.size(); ++i)
             if (segments[i].length >= min_mapped_segment)
                 mappings[i] = MappedRange::map(*files.at(segments[i].file_index), segments[i].host_offset,
-                                               segments[i].length);
+                                               segments[i].length, mapped_read_failure(segments[i]));
         return mappings;
+    }
+
+    // The line printed when a read through a segment's mapping fails, as pread's failures are reported.
+    std::string mapped_read_failure(const RunSegment& segment) const
+    {
+        return terminal_line(files.at(segment.file_index)->path().string()) + ": read failed at offset " +
+               std::to_string(segment.host_offset) + " or later: the file shrank or the device reported an error "
+               "while vmcrypt was running; the disk is consistent: fix the cause and run `" + options.resume_command +
+               "` to resume";
     }
 
     // Returns the old content of window bytes [begin, end) when one mapped segment contains all of it,

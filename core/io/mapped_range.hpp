@@ -6,16 +6,18 @@
 // through pwrite, because a process killed in the middle of a store to a shared mapping would leave a
 // unit half old and half new, which recovery cannot repair.
 //
-// NOTE: a page that is evicted after the mapping is made and then fails to read back, or a mapped range
-// that another process truncates away, raises SIGBUS on access. That ends vmcrypt like a kill, and the
-// journal resumes the operation. vmcrypt's lock keeps QEMU and other vmcrypt processes away, but not
-// a program that ignores the locks.
+// A page that is evicted after the mapping is made and then fails to read back, or a mapped range that
+// another process truncates away, raises SIGBUS when it is touched. vmcrypt's lock keeps QEMU and other
+// vmcrypt processes away, but not a program that ignores the locks. A SIGBUS inside a live mapping
+// prints the mapping's failure message and ends vmcrypt with exit status 6 (I/O error), which is as
+// safe as a kill: the journal resumes the operation.
 
 #include "core/io/file.hpp"
 
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 
 namespace vmcrypt {
 
@@ -23,8 +25,10 @@ class MappedRange {
 public:
     // Maps [offset, offset + length) of `file` and reads it into memory. Returns no value when the kernel
     // rejects the mapping (a file system without mmap, no address space left) or a page could not be
-    // read, and the caller then reads with pread.
-    static std::optional<MappedRange> map(const File& file, std::uint64_t offset, std::uint64_t length);
+    // read, and the caller then reads with pread. `failure_message` is the line printed (after
+    // "vmcrypt: ") when a read through the mapping fails.
+    static std::optional<MappedRange> map(const File& file, std::uint64_t offset, std::uint64_t length,
+                                          const std::string& failure_message);
 
     MappedRange(MappedRange&& other) noexcept;
     MappedRange& operator=(MappedRange&& other) noexcept;
@@ -37,14 +41,16 @@ public:
     std::span<const std::uint8_t> bytes() const noexcept { return bytes_; }
 
 private:
-    MappedRange(void* base, std::size_t mapped_length, std::span<const std::uint8_t> bytes) noexcept
-        : base_(base), mapped_length_(mapped_length), bytes_(bytes)
+    MappedRange(void* base, std::size_t mapped_length, std::span<const std::uint8_t> bytes, int slot) noexcept
+        : base_(base), mapped_length_(mapped_length), bytes_(bytes), slot_(slot)
     {
     }
+    void unmap() noexcept;
 
     void* base_ = nullptr;
     std::size_t mapped_length_ = 0;
     std::span<const std::uint8_t> bytes_;
+    int slot_ = -1;  // in the SIGBUS handler's table, or -1
 };
 
 }  // namespace vmcrypt
