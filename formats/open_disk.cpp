@@ -28,16 +28,41 @@ std::string read_head(const File& file, std::size_t length)
     return bytes;
 }
 
-}  // namespace
+[[noreturn]] void throw_not_a_disk(const std::string& name)
+{
+    throw UnsupportedInput(name + ": not a VMDK or qcow2 disk (neither a \"KDMV\" sparse extent, a text descriptor "
+                                  "nor a \"QFI\\xfb\" qcow2 header); name the disk's .vmdk descriptor or .qcow2 file");
+}
 
-std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access)
+void check_path(const std::filesystem::path& path)
 {
     std::error_code error;
     if (!std::filesystem::exists(path, error))
         throw InvalidInput(path.string() + ": file not found; check the path of the disk");
     if (std::filesystem::is_directory(path, error))
-        throw InvalidInput(path.string() + ": is a folder; name the disk's .vmdk file");
+        throw InvalidInput(path.string() + ": is a folder; name the disk's .vmdk or .qcow2 file");
+}
 
+}  // namespace
+
+void check_disk_file(const std::filesystem::path& path)
+{
+    check_path(path);
+    File file = File::open(path, Access::read_only);
+    std::string head = read_head(file, 8);
+    if (head.starts_with("KDMV") || head.starts_with("COWD") || head.starts_with("QFI\xfb") ||
+        starts_with(head, sesparse_magic, sizeof sesparse_magic))
+        return;
+    std::uint64_t size = file.size();
+    if (size < vmdk::max_descriptor_file_size &&
+        vmdk::looks_like_descriptor(read_head(file, static_cast<std::size_t>(size))))
+        return;
+    throw_not_a_disk(path.string());
+}
+
+std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access)
+{
+    check_path(path);
     File file = File::open(path, access);
     std::string head = read_head(file, 8);
     std::string name = path.string();
@@ -59,8 +84,7 @@ std::unique_ptr<Disk> open_disk(const std::filesystem::path& path, Access access
         if (vmdk::looks_like_descriptor(text))
             return vmdk::VmdkDisk::open(std::move(file), path);
     }
-    throw UnsupportedInput(name + ": not a VMDK or qcow2 disk (neither a \"KDMV\" sparse extent, a text descriptor "
-                                  "nor a \"QFI\\xfb\" qcow2 header); name the disk's .vmdk descriptor or .qcow2 file");
+    throw_not_a_disk(name);
 }
 
 }  // namespace vmcrypt

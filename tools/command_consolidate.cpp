@@ -2,6 +2,7 @@
 // image's internal snapshots), and report which file is the disk now.
 
 #include "core/log.hpp"
+#include "formats/open_disk.hpp"
 #include "formats/qcow2/consolidate.hpp"
 #include "formats/vmdk/consolidate.hpp"
 #include "tools/commands.hpp"
@@ -151,6 +152,10 @@ int run_consolidate(const GlobalOptions& global, const ConsolidateCommandOptions
 {
     if (qcow2::is_qcow2_consolidation(options.disk))
         return run_qcow2_consolidate(global, options);
+    // A missing top is left to the merge, which may find an interrupted merge's intent file for it.
+    std::error_code error;
+    if (std::filesystem::is_regular_file(options.disk, error))
+        check_disk_file(options.disk);
 
     vmdk::ConsolidateOptions consolidate;
     consolidate.branches = options.delete_other_branches ? vmdk::BranchPolicy::delete_other_branches

@@ -66,6 +66,8 @@ expect_exit 2 "$VMCRYPT" encrypt --passphrase-file "$TEST_TMP/passphrase.txt" --
 expect_exit 2 "$VMCRYPT" --progress=sideways encrypt "$disk"
 expect_exit 2 "$VMCRYPT" encrypt --window-size 0 "$disk"
 expect_exit 2 "$VMCRYPT" encrypt --window-size many "$disk"
+expect_exit 2 "$VMCRYPT" encrypt --window-size 2000 "$disk"
+expect_stderr_contains "MiB from 1 to 1024"
 expect_exit 2 "$VMCRYPT" encrypt --pbkdf-memory lots --passphrase-file "$TEST_TMP/passphrase.txt" "$disk"
 expect_contents_unchanged "$dir" "$TEST_TMP/hashes.plain" "usage errors"
 

@@ -56,6 +56,12 @@ cmp -s "$TEST_TMP/untouched.before" "$TEST_TMP/untouched.after" ||
     fail "expected only base.vmdk, notes.txt and unrelated.vmdk left, got: $(ls "$dir")"
 expect_disk_equals_raw "$dir/base.vmdk" "$TEST_TMP/branching.raw" "after merging one branch"
 
+# A file that is no disk at all.
+dir="$TEST_TMP/text"
+mkdir -p "$dir"
+printf 'notes about the VM\n' >"$dir/notes.vmdk"
+expect_rejected "$dir" 3 "not a VMDK or qcow2 disk" "$dir/notes.vmdk"
+
 # parentCID of the top differs from its parent's CID.
 dir="$TEST_TMP/cid"
 top=$(make_snapshot_chain "$dir" monolithicSparse 64M 2)
