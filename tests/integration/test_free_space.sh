@@ -27,6 +27,7 @@ unmount_small_fs() {
     for dir in "${SMALL_MOUNTS[@]}"; do
         umount "$dir" 2>/dev/null || true
     done
+    set +e  # else the failing status below ends the trap before the cleanup
     (exit "$status")
     cleanup_test_tmp
 }
