@@ -242,9 +242,11 @@ for digest, size, name in sorted(entries, key=lambda entry: entry[2]):
 PY
 }
 
-# Prints the listing of DIR with full-precision modification times, including the folder itself.
+# Prints the listing of DIR with full-precision modification times, including the folder itself. The
+# "total" line of allocated blocks is left out: ext4 can still change it after a write has returned
+# (delayed allocation), with no process touching the files.
 list_dir_state() {
-    ls -la --time-style=full-iso "$1" | grep -v ' \.\.$'
+    ls -la --time-style=full-iso "$1" | grep -v -e ' \.\.$' -e '^total '
 }
 
 # Saves the contents and the listing of DIR into STATE_FILE.
