@@ -294,7 +294,7 @@ int run_inspect(const GlobalOptions& global, const std::string& disk_path)
 {
     std::error_code ec;
     if (!std::filesystem::exists(disk_path, ec))
-        throw InvalidInput(disk_path + ": no such file; check the disk path");
+        throw InvalidInput(disk_path + ": file not found; check the path of the disk");
     std::filesystem::path path = std::filesystem::weakly_canonical(disk_path);
     std::unique_ptr<Disk> disk = open_disk(path, Access::read_only);
 

@@ -68,7 +68,7 @@ int run_qemu_secret(const GlobalOptions& global, const QemuSecretCommandOptions&
 
     std::error_code ec;
     if (!std::filesystem::exists(options.disk, ec))
-        throw InvalidInput(options.disk + ": no such file; check the disk path");
+        throw InvalidInput(options.disk + ": file not found; check the path of the disk");
     std::unique_ptr<Disk> disk = open_disk(std::filesystem::weakly_canonical(options.disk), Access::read_only);
     if (!dynamic_cast<qcow2::QcowDisk*>(disk.get()))
         throw WrongDiskState(options.disk + ": qemu-secret applies to qcow2 images only; a " + disk->format() +

@@ -210,7 +210,7 @@ int run_keys_list(const GlobalOptions& global, const std::string& disk_path)
 {
     std::error_code ec;
     if (!std::filesystem::exists(disk_path, ec))
-        throw InvalidInput(disk_path + ": no such file; check the disk path");
+        throw InvalidInput(disk_path + ": file not found; check the path of the disk");
     // Read-only like inspect: no lock, no write, no key.
     std::unique_ptr<Disk> disk = open_disk(std::filesystem::weakly_canonical(disk_path), Access::read_only);
     std::optional<RecordFields> fields = disk->record();

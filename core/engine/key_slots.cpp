@@ -104,7 +104,7 @@ KeySlotReport change_key_slots(const std::filesystem::path& disk_path, KeySource
 {
     std::error_code ec;
     if (!std::filesystem::exists(disk_path, ec))
-        throw InvalidInput(disk_path.string() + ": no such file; check the disk path");
+        throw InvalidInput(disk_path.string() + ": file not found; check the path of the disk");
     const std::filesystem::path path = std::filesystem::weakly_canonical(disk_path);
     const std::string where = disk_path.string();
 

@@ -177,7 +177,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
 {
     std::error_code ec;
     if (!std::filesystem::exists(disk_path, ec))
-        throw InvalidInput(disk_path.string() + ": no such file; check the disk path");
+        throw InvalidInput(disk_path.string() + ": file not found; check the path of the disk");
     const std::filesystem::path path = std::filesystem::weakly_canonical(disk_path);
     const std::string where = disk_path.string();
     options.resume_command = resume_command(operation, disk_path);
