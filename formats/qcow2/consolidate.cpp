@@ -37,7 +37,8 @@ std::optional<FoundIntent> intent_next_to(const std::filesystem::path& base, con
 }
 
 // Finds the intent of an unfinished merge that `disk` belongs to: next to the disk if it is the base,
-// in the disk's folder (a removed overlay), or next to a backing file of the disk.
+// in the disk's folder or through a link file there (a removed overlay, or a top without its backing
+// file name), or next to a backing file of the disk.
 std::optional<FoundIntent> find_intent(const std::filesystem::path& disk)
 {
     const std::filesystem::path path = absolute_path(disk);
@@ -47,11 +48,14 @@ std::optional<FoundIntent> find_intent(const std::filesystem::path& disk)
     std::error_code error;
     std::filesystem::directory_iterator entry(path.parent_path(), error);
     for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
-        if (entry->path().extension() != ".vmcrypt-consolidate-qcow2")
+        std::filesystem::path intent_path = entry->path();
+        if (intent_path.extension() == merge_intent_link_extension)
+            intent_path = read_merge_intent_link(intent_path);  // a stale link names an intent that is gone
+        else if (intent_path.extension() != ".vmcrypt-consolidate-qcow2")
             continue;
-        std::optional<MergeIntent> intent = read_merge_intent(entry->path());
+        std::optional<MergeIntent> intent = read_merge_intent(intent_path);
         if (intent && intent->mentions(path))
-            return FoundIntent{entry->path(), *intent};
+            return FoundIntent{intent_path, *intent};
     }
 
     // Up the backing files, without validating them: the merge may have changed the base already.
@@ -198,6 +202,27 @@ void grow_base(ChainLayer& base, Refcounts* refcounts, std::uint64_t size)
     base.size = size;
 }
 
+// The link files of a merge: one per overlay outside the base's folder (see merge_intent.hpp).
+std::vector<std::filesystem::path> intent_links(const MergeIntent& intent)
+{
+    std::vector<std::filesystem::path> links;
+    const std::filesystem::path base_folder = std::filesystem::path(intent.base).parent_path();
+    for (const std::string& overlay : intent.overlays)
+        if (std::filesystem::path(overlay).parent_path() != base_folder)
+            links.push_back(merge_intent_link_path(overlay));
+    return links;
+}
+
+// Writes the link files that are missing (an intent of an older vmcrypt has none). Before the switch.
+void write_intent_links(const MergeIntent& intent, const std::filesystem::path& intent_path)
+{
+    for (const std::filesystem::path& link : intent_links(intent)) {
+        std::error_code error;
+        if (!std::filesystem::exists(link, error))
+            write_merge_intent_link(link, intent_path);
+    }
+}
+
 // After the commit point: removes the overlays that are left (top first, so that no overlay is ever left
 // without its backing file), then the intent file.
 void finish_switch(const MergeIntent& intent, const std::filesystem::path& intent_path)
@@ -234,6 +259,14 @@ void finish_switch(const MergeIntent& intent, const std::filesystem::path& inten
     if (error)
         throw IoError(intent_path.string() + ": removing the intent file failed: " + error.message());
     sync_directory(intent_path.parent_path());
+    fault_point("qcow2-consolidate-intent-removed");
+    // The links go last: a link left by a crash here names an intent that is gone, and is ignored.
+    for (const std::filesystem::path& link : intent_links(intent)) {
+        std::filesystem::remove(link, error);
+        if (error)
+            throw IoError(link.string() + ": removing the link file failed: " + error.message());
+        sync_directory(link.parent_path());
+    }
 }
 
 void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesystem::path& intent_path,
@@ -292,6 +325,7 @@ ConsolidateReport resume(const std::filesystem::path& intent_path, const MergeIn
         return report;
     }
     log_info(intent_path.string() + ": resuming an interrupted merge");
+    write_intent_links(intent, intent_path);
     if (intent.phase == MergePhase::switch_files) {
         finish_switch(intent, intent_path);
         return report;
@@ -379,8 +413,30 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
     if (auto found = find_intent(disk))
         return resume(found->first, found->second, options);
     std::error_code error;
-    if (!std::filesystem::exists(disk, error))
+    if (!std::filesystem::exists(disk, error)) {
+        // A crash after the intent file was removed leaves the link files: that merge has finished.
+        const std::filesystem::path link = merge_intent_link_path(absolute_path(disk));
+        if (std::filesystem::exists(link, error) && !options.dry_run) {
+            const std::filesystem::path intent_path = read_merge_intent_link(link);
+            if (!std::filesystem::exists(intent_path, error)) {
+                // Removes the stale links of that merge in this folder (the other overlays' too).
+                std::filesystem::directory_iterator entry(link.parent_path(), error);
+                for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error))
+                    if (entry->path().extension() == merge_intent_link_extension &&
+                        read_merge_intent_link(entry->path()) == intent_path)
+                        std::filesystem::remove(entry->path(), error);
+                sync_directory(link.parent_path());
+                std::string base = intent_path.string();
+                constexpr std::string_view suffix = ".vmcrypt-consolidate-qcow2";
+                if (base.ends_with(suffix))
+                    base.resize(base.size() - suffix.size());
+                throw InvalidInput(disk.string() + ": file not found: a consolidate-snapshots merge of it had "
+                                   "finished already, and the disk is now " + base + " (removed the link files "
+                                   "it left in " + link.parent_path().string() + ")");
+            }
+        }
         throw InvalidInput(disk.string() + ": file not found; check the path of the disk");
+    }
 
     BackingChain chain = open_backing_chain(disk, options.dry_run ? Access::read_only : Access::read_write);
     if (chain.layers.size() == 1)
@@ -445,6 +501,7 @@ ConsolidateReport start_or_resume(const std::filesystem::path& disk, const Conso
 
     const std::filesystem::path intent_path = merge_intent_path(base.path);
     write_merge_intent(intent_path, intent);
+    write_intent_links(intent, intent_path);
     fault_point("qcow2-consolidate-intent-written");
     copy_and_switch(chain, intent, intent_path, options, report, branch_locks);
     return report;
@@ -456,6 +513,9 @@ bool is_qcow2_consolidation(const std::filesystem::path& disk)
 {
     if (has_qcow2_magic(disk))
         return true;
+    std::error_code error;
+    if (std::filesystem::exists(merge_intent_link_path(absolute_path(disk)), error))
+        return true;  // a top or overlay outside the base's folder, renamed or removed by a merge
     try {
         return find_intent(disk).has_value();
     } catch (const Error&) {

@@ -15,6 +15,7 @@ namespace {
 // Version 2 added branchFiles and growBaseTo. A version 1 file has neither; it is read as having none.
 constexpr const char* schema = "vmcrypt-consolidate-qcow2/2";
 constexpr const char* schema_v1 = "vmcrypt-consolidate-qcow2/1";
+constexpr const char* link_schema = "vmcrypt-consolidate-qcow2-link/1";
 
 }  // namespace
 
@@ -91,6 +92,35 @@ void write_merge_intent(const std::filesystem::path& path, const MergeIntent& in
         {"growBaseTo", intent.grow_base_to},
     };
     vmdk::replace_file_atomically(path, json.dump(2) + "\n");
+}
+
+std::filesystem::path merge_intent_link_path(const std::filesystem::path& overlay)
+{
+    std::filesystem::path path = overlay;
+    path += merge_intent_link_extension;
+    return path;
+}
+
+std::filesystem::path read_merge_intent_link(const std::filesystem::path& link)
+{
+    const std::string text = read_small_file(link, 1 << 20);
+    try {
+        nlohmann::json json = nlohmann::json::parse(text);
+        if (json.at("schema").get<std::string>() != link_schema)
+            throw InvalidInput(link.string() + ": schema: \"" + json.at("schema").get<std::string>() + "\" is not " +
+                               link_schema + "; finish the merge with the vmcrypt version that started it");
+        return json.at("intent").get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+        throw InvalidInput(link.string() + ": the consolidation link file is damaged (" + e.what() +
+                           "); run consolidate-snapshots on the base of the chain, or remove the link file if no "
+                           "intent file of that merge is left");
+    }
+}
+
+void write_merge_intent_link(const std::filesystem::path& link, const std::filesystem::path& intent_path)
+{
+    nlohmann::json json = {{"schema", link_schema}, {"intent", intent_path.string()}};
+    vmdk::replace_file_atomically(link, json.dump(2) + "\n");
 }
 
 }  // namespace vmcrypt::qcow2

@@ -43,4 +43,16 @@ std::optional<MergeIntent> read_merge_intent(const std::filesystem::path& path);
 // Writes the intent atomically (temporary file, fsync, rename, fsync of the folder).
 void write_merge_intent(const std::filesystem::path& path, const MergeIntent& intent);
 
+// The link file "<overlay>.vmcrypt-consolidate-qcow2-link" names the intent file from an overlay's folder
+// when that folder is not the base's. Without it, nothing there leads to the intent once the top has
+// dropped its backing file name or an overlay is gone, and a re-run on the top would not resume.
+std::filesystem::path merge_intent_link_path(const std::filesystem::path& overlay);
+inline constexpr const char* merge_intent_link_extension = ".vmcrypt-consolidate-qcow2-link";
+
+// Reads a link file: the intent file it names. Throws InvalidInput when it is damaged.
+std::filesystem::path read_merge_intent_link(const std::filesystem::path& link);
+
+// Writes a link file atomically.
+void write_merge_intent_link(const std::filesystem::path& link, const std::filesystem::path& intent_path);
+
 }  // namespace vmcrypt::qcow2

@@ -323,3 +323,56 @@ for delay in 0.02 0.08; do
     expect_qcow2_check_clean "$dir/base.qcow2" "(kill after $delay s, after the re-run)"
     rm -rf "$dir"
 done
+
+# A stream merge across folders (base/base.qcow2 <- snap/mid.qcow2 <- snap/top.qcow2). After the top
+# has dropped its backing file name, or after it was renamed over the base, nothing but the link file
+# in snap/ leads to the intent file. The re-run on snap/top.qcow2 must still finish the merge, and
+# while the top stands alone, inspect must report the merge and encrypt must refuse the top.
+folders_template="$TEST_TMP/folders-template"
+mkdir -p "$folders_template/base" "$folders_template/snap"
+(
+    cd "$folders_template"
+    qemu-img create -q -f qcow2 base/base.qcow2 16M
+    qemu-io -f qcow2 -c "write -P 0x81 0 2M" base/base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b ../base/base.qcow2 -F qcow2 snap/mid.qcow2
+    qemu-io -f qcow2 -c "write -P 0x82 1M 1M" snap/mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 snap/top.qcow2
+    qemu-io -f qcow2 -c "write -P 0x83 1M 12M" snap/top.qcow2 >/dev/null
+)
+folders_expected="$TEST_TMP/folders-expected.raw"
+qemu-img convert -f qcow2 -O raw "$folders_template/snap/top.qcow2" "$folders_expected"
+
+crash_in_folders() {
+    local name=$1
+    run=$((run + 1))
+    local dir="$TEST_TMP/run$run" context="fault $name:1:kill on the chain across folders"
+    cp -a --sparse=always "$folders_template" "$dir"
+    local code=0
+    { VMCRYPT_FAULT="$name:1:kill" "$VMCRYPT" consolidate-snapshots "$dir/snap/top.qcow2" \
+        >"$TEST_TMP/fault.stdout" 2>"$TEST_TMP/fault.stderr"; } 2>/dev/null || code=$?
+    [[ $code == 137 ]] || fail "$context: expected exit code 137 (fault point reached), got $code: $(cat "$TEST_TMP/fault.stderr")"
+    if [[ -e $dir/snap/top.qcow2 ]]; then
+        expect_exit 0 "$VMCRYPT" inspect "$dir/snap/top.qcow2"
+        grep -qF "unfinished: consolidate-snapshots merge of $dir/snap/top.qcow2 into $dir/base/base.qcow2" \
+            <<<"$LAST_STDOUT" || fail "$context: inspect of the top does not report the merge: $LAST_STDOUT"
+        expect_exit 7 "$VMCRYPT" encrypt "$dir/snap/top.qcow2"
+    fi
+    if [[ $name == qcow2-consolidate-intent-removed ]]; then
+        # The merge had finished; only the link file was left, and the re-run says where the disk is.
+        expect_exit 3 "$VMCRYPT" consolidate-snapshots "$dir/snap/top.qcow2"
+        [[ $LAST_STDERR == *"finished already, and the disk is now $dir/base/base.qcow2"* ]] ||
+            fail "$context: the re-run does not say where the disk is: $LAST_STDERR"
+    else
+        expect_exit 0 "$VMCRYPT" consolidate-snapshots "$dir/snap/top.qcow2"
+    fi
+    expect_qcow2_equals_raw "$dir/base/base.qcow2" "$folders_expected" "($context, after the re-run)"
+    expect_qcow2_check_clean "$dir/base/base.qcow2" "($context, after the re-run)"
+    local left
+    left=$(cd "$dir" && find . -type f | sort | tr '\n' ' ')
+    [[ $left == "./base/base.qcow2 " ]] || fail "$context: expected only base/base.qcow2 after the re-run, got: $left"
+    rm -rf "$dir"
+}
+for point in qcow2-consolidate-backing-dropped qcow2-consolidate-top-renamed qcow2-consolidate-overlay-removed \
+    qcow2-consolidate-intent-removed; do
+    crash_in_folders "$point"
+done
