@@ -25,6 +25,12 @@ namespace vmcrypt::qcow2 {
 
 namespace {
 
+// A refusal of a resume whose message names the command that finishes the merge already, so that
+// consolidate_qcow2() does not add a second one.
+struct ResumeRefused : WrongDiskState {
+    using WrongDiskState::WrongDiskState;
+};
+
 using FoundIntent = std::pair<std::filesystem::path, MergeIntent>;
 
 std::optional<FoundIntent> intent_next_to(const std::filesystem::path& base, const std::filesystem::path& disk)
@@ -315,6 +321,34 @@ void copy_and_switch(BackingChain& chain, MergeIntent intent, const std::filesys
     finish_switch(intent, intent_path);
 }
 
+// Rejects, on a resume in phase copy, images of other branches that the intent does not list (they
+// appeared after the merge began), unless `handling` deletes them. An image that uses the top is
+// rejected always. Each message names the command that finishes the merge once the cause is gone.
+void check_new_branch_images(const MergeIntent& intent, const ChainLayer& top, const std::vector<BranchImage>& branches,
+                             BranchHandling handling)
+{
+    std::string top_children;
+    std::string others;
+    for (const BranchImage& image : branches) {
+        if (std::find(intent.branch_files.begin(), intent.branch_files.end(), image.path.string()) !=
+            intent.branch_files.end())
+            continue;
+        std::string& list = image.backing == top.path ? top_children : others;
+        list += (list.empty() ? "" : ", ") + image.description();
+    }
+    const std::string finish = shell_command({"vmcrypt", "consolidate-snapshots", intent.base});
+    if (!top_children.empty())
+        throw ResumeRefused(top.name() + ": images that use it as their backing file appeared after this merge began "
+                            "and read a chain that is half merged: " + top_children + "; the merge cannot keep them, "
+                            "so move them out of this folder or remove them, then run `" + finish +
+                            "` to finish the merge");
+    if (!others.empty() && handling != BranchHandling::delete_other_branches)
+        throw ResumeRefused(top.name() + ": images that use this chain as their backing file appeared after this merge "
+                            "began, and finishing it changes what they read: " + others + "; to delete them, run `" +
+                            shell_command({"vmcrypt", "consolidate-snapshots", "--delete-other-branches", intent.base}) +
+                            "`, or move them out of these folders and run `" + finish + "` to finish the merge");
+}
+
 ConsolidateReport resume(const std::filesystem::path& intent_path, const MergeIntent& intent,
                          const ConsolidateOptions& options)
 {
@@ -344,11 +378,10 @@ ConsolidateReport resume(const std::filesystem::path& intent_path, const MergeIn
                            " is no longer the one this interrupted merge started on; put the original files back, "
                            "or restore the chain from a backup");
 
-    // Images of other branches that are left, or that appeared since: a merge started with
-    // --delete-other-branches removes them too, as the first run would have.
+    // Images of other branches: those the intent lists were confirmed for deletion by the first run. An
+    // image that appeared since was not, so removing it needs --delete-other-branches on this run.
     const std::vector<BranchImage> branches = find_branch_images(chain);
-    check_branches(chain.top(), branches,
-                   intent.branch_files.empty() ? options.branches : BranchHandling::delete_other_branches);
+    check_new_branch_images(intent, chain.top(), branches, options.branches);
     std::vector<File> branch_locks = lock_branch_images(branches, Access::read_write);
     MergeIntent updated = intent;
     for (auto it = branches.rbegin(); it != branches.rend(); ++it)
@@ -538,6 +571,8 @@ ConsolidateReport consolidate_qcow2(const std::filesystem::path& disk, const Con
     try {
         return start_or_resume(disk, options);
     } catch (const Interrupted&) {
+        throw;
+    } catch (const ResumeRefused&) {
         throw;
     } catch (const Error& e) {
         // "Recovery needed": once an intent file exists the chain is mid-merge but consistent. Failures

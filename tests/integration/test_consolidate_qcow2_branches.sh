@@ -148,3 +148,44 @@ $(diff "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || true)"
 
 check_branching commit
 check_branching stream
+
+# A merge started with --delete-other-branches and killed in phase copy. The re-run without the option
+# removes only the branch images the intent lists. An image that appeared since may hold new data, so
+# it is rejected (exit 3, named, every file unchanged) until the option is given again. An image that
+# appeared on the top is rejected even then, with advice that works once it is gone.
+check_resume_with_new_images() {
+    local dir="$TEST_TMP/resume"
+    make_branching_chain "$dir" commit
+    local expected="$TEST_TMP/resume-expected.raw"
+    qemu-img convert -f qcow2 -O raw "$dir/top.qcow2" "$expected"
+    local code=0
+    { VMCRYPT_FAULT=qcow2-merge-data-written:1:kill "$VMCRYPT" consolidate-snapshots --delete-other-branches \
+        "$dir/top.qcow2" >/dev/null 2>&1; } 2>/dev/null || code=$?
+    [[ $code == 137 ]] || fail "resume: expected exit code 137 (fault point reached), got $code"
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$dir/newvm.qcow2"
+    qemu-io -f qcow2 -c "write -P 0x77 0 1M" "$dir/newvm.qcow2" >/dev/null
+
+    hash_folder "$dir" >"$TEST_TMP/before.hash"
+    expect_exit 3 "$VMCRYPT" consolidate-snapshots "$dir/top.qcow2"
+    expect_stderr_contains "appeared after this merge began"
+    expect_stderr_contains "$dir/newvm.qcow2 (backing file $dir/base.qcow2)"
+    expect_stderr_contains "run \`vmcrypt consolidate-snapshots --delete-other-branches $dir/base.qcow2\`"
+    hash_folder "$dir" >"$TEST_TMP/after.hash"
+    cmp -s "$TEST_TMP/before.hash" "$TEST_TMP/after.hash" || fail "resume: the refused re-run changed files"
+
+    # A new child of the top: the advice names one command, which works once the child is gone.
+    qemu-img create -q -f qcow2 -b top.qcow2 -F qcow2 "$dir/newtop.qcow2"
+    expect_exit 3 "$VMCRYPT" consolidate-snapshots --delete-other-branches "$dir/top.qcow2"
+    expect_stderr_contains "$dir/newtop.qcow2 (backing file $dir/top.qcow2)"
+    [[ $(grep -o 'vmcrypt consolidate-snapshots [^`]*' <<<"$LAST_STDERR") == "vmcrypt consolidate-snapshots $dir/base.qcow2" ]] ||
+        fail "resume: the advice for a new child of the top is not one command: $LAST_STDERR"
+    rm "$dir/newtop.qcow2"
+
+    expect_exit 0 "$VMCRYPT" consolidate-snapshots --delete-other-branches "$dir/base.qcow2"
+    expect_qcow2_equals_raw "$dir/base.qcow2" "$expected" "(resume, after the re-run with the option)"
+    expect_qcow2_check_clean "$dir/base.qcow2" "(resume, after the re-run with the option)"
+    local left
+    left=$(cd "$dir" && ls | tr '\n' ' ')
+    [[ $left == "base.qcow2 notes.txt other-overlay.qcow2 other.qcow2 " ]] || fail "resume: unexpected files left: $left"
+}
+check_resume_with_new_images

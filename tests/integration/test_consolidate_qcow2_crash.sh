@@ -327,7 +327,7 @@ done
 # A stream merge across folders (base/base.qcow2 <- snap/mid.qcow2 <- snap/top.qcow2). After the top
 # has dropped its backing file name, or after it was renamed over the base, nothing but the link file
 # in snap/ leads to the intent file. The re-run on snap/top.qcow2 must still finish the merge, and
-# while the top stands alone, inspect must report the merge and encrypt must refuse the top.
+# while the top exists, inspect must report the merge and encrypt must reject the top.
 folders_template="$TEST_TMP/folders-template"
 mkdir -p "$folders_template/base" "$folders_template/snap"
 (
@@ -358,7 +358,7 @@ crash_in_folders() {
         expect_exit 7 "$VMCRYPT" encrypt "$dir/snap/top.qcow2"
     fi
     if [[ $name == qcow2-consolidate-intent-removed ]]; then
-        # The merge had finished; only the link file was left, and the re-run says where the disk is.
+        # The merge had finished, so only link files were left, and the re-run names the disk's new path.
         expect_exit 3 "$VMCRYPT" consolidate-snapshots "$dir/snap/top.qcow2"
         [[ $LAST_STDERR == *"finished already, and the disk is now $dir/base/base.qcow2"* ]] ||
             fail "$context: the re-run does not say where the disk is: $LAST_STDERR"
