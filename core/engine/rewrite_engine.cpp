@@ -138,10 +138,10 @@ struct RewriteEngine::Impl {
     }
 
     // Returns the old content of window bytes [begin, end) when one mapped segment contains all of it,
-    // else null.
+    // else null. With `populate`, the pages are read in first, and null is returned when that fails.
     static const std::uint8_t* mapped_old_content(const std::vector<RunSegment>& segments,
                                                   const std::vector<std::optional<MappedRange>>& mappings,
-                                                  std::uint64_t begin, std::uint64_t end)
+                                                  std::uint64_t begin, std::uint64_t end, bool populate = false)
     {
         auto after = std::upper_bound(segments.begin(), segments.end(), begin,
                                       [](std::uint64_t offset, const RunSegment& segment) {
@@ -152,6 +152,8 @@ struct RewriteEngine::Impl {
         const std::size_t index = static_cast<std::size_t>(after - segments.begin()) - 1;
         const RunSegment& segment = segments[index];
         if (!mappings[index] || end > segment.buffer_offset + segment.length)
+            return nullptr;
+        if (populate && !mappings[index]->populate(begin - segment.buffer_offset, end - begin))
             return nullptr;
         return mappings[index]->bytes().data() + (begin - segment.buffer_offset);
     }
@@ -268,8 +270,12 @@ struct RewriteEngine::Impl {
             entry.window_length = length;
             entry.unit_hashes.resize(units);
             const std::vector<std::optional<MappedRange>> mappings = map_segments(segments);
+            // Whether each chunk's old content is read from its mapping (else from the window buffer).
+            std::vector<std::uint8_t> chunk_mapped((units + cache_chunk_units - 1) / cache_chunk_units, 0);
             run_in_chunks(options.threads, units, cache_chunk_units, [&](std::uint64_t begin, std::uint64_t stop) {
-                const std::uint8_t* old_content = mapped_old_content(segments, mappings, begin * 512, stop * 512);
+                const std::uint8_t* old_content =
+                    mapped_old_content(segments, mappings, begin * 512, stop * 512, true);
+                chunk_mapped[begin / cache_chunk_units] = old_content != nullptr;
                 if (!old_content) {
                     read_range(buffer, segments, begin * 512, stop * 512);
                     old_content = buffer + begin * 512;
@@ -292,8 +298,11 @@ struct RewriteEngine::Impl {
             // A chunk's old content is read from its mapping before the chunk is written, and only one
             // thread handles a chunk, so no chunk is read after its own write.
             run_in_chunks(options.threads, units, cache_chunk_units, [&](std::uint64_t begin, std::uint64_t stop) {
+                const std::uint8_t* old_content =
+                    chunk_mapped[begin / cache_chunk_units] ? mapped_old_content(segments, mappings, begin * 512, stop * 512)
+                                                            : nullptr;
                 transform_units(*cipher, direction, whole, segments, {}, begin, stop, &entry.unit_hashes, zero_units,
-                                previous.get(), mapped_old_content(segments, mappings, begin * 512, stop * 512));
+                                previous.get(), old_content);
                 write_range(buffer, segments, begin * 512, stop * 512);
 
                 // The thread that writes the last chunk of a writeback group starts the group's writeback.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -85,16 +86,15 @@ std::optional<MappedRange> MappedRange::map(const File& file, std::uint64_t offs
     const std::uint64_t lead = offset % page_size;
     const std::size_t mapped_length = static_cast<std::size_t>(lead + length);
 
-    // MAP_POPULATE maps every page in this one call, instead of one page fault per few pages during the
-    // hash pass.
-    void* base = ::mmap(nullptr, mapped_length, PROT_READ, MAP_SHARED | MAP_POPULATE, file.fd(),
-                        static_cast<off_t>(offset - lead));
+    // Page tables are filled later by populate(), on the threads that read each chunk: MAP_POPULATE
+    // here would fill them all on the one thread that maps the window, while the other waits.
+    void* base = ::mmap(nullptr, mapped_length, PROT_READ, MAP_SHARED, file.fd(), static_cast<off_t>(offset - lead));
     if (base == MAP_FAILED)
         return std::nullopt;
 
-    // MAP_POPULATE ignores read errors, and a page that could not be read raises SIGBUS when touched.
-    // pread reports the same error as EIO, with a message naming the file, so a range that is not
-    // wholly in memory now is read that way instead.
+    // A page that cannot be read raises SIGBUS when touched, while pread reports the same error as EIO
+    // with a message naming the file. So a range that is not wholly in the page cache now is read with
+    // pread instead.
     std::vector<unsigned char> resident((mapped_length + page_size - 1) / page_size);
     if (::mincore(base, mapped_length, resident.data()) != 0 ||
         !std::all_of(resident.begin(), resident.end(), [](unsigned char page) { return page & 1; })) {
@@ -112,6 +112,20 @@ std::optional<MappedRange> MappedRange::map(const File& file, std::uint64_t offs
     }
     const auto* first = static_cast<const std::uint8_t*>(base) + lead;
     return MappedRange(base, mapped_length, {first, static_cast<std::size_t>(length)}, slot);
+}
+
+bool MappedRange::populate(std::uint64_t offset, std::uint64_t length) const noexcept
+{
+    static const std::uint64_t page_size = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const auto first = reinterpret_cast<std::uintptr_t>(bytes_.data() + offset);
+    const std::uintptr_t begin = first - first % page_size;
+    const std::uintptr_t end = first + length;
+    // MADV_POPULATE_READ (Linux 5.14) fails with EFAULT or EIO where a page cannot be read, instead of
+    // raising SIGBUS. An older kernel rejects the advice with EINVAL, and the first access faults the
+    // pages in as usual.
+    if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0)
+        return true;
+    return errno == EINVAL;
 }
 
 void MappedRange::unmap() noexcept
