@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Merge speed of `vmcrypt consolidate-snapshots` against `qemu-img commit`, measured in one run on
-# copies of the same chain in DIR. One delta holds SIZE_GIB of random data. The cases:
+# copies of the same chain in DIR. One delta contains SIZE_GIB of random data. The cases:
 # - monolithicSparse, monolithicFlat: a VMDK base with 64 MiB of data under a hosted sparse delta;
 # - qcow2: a qcow2 base with 64 MiB of data under a qcow2 overlay;
 # - qcow2-full-base: a qcow2 base with 3 x SIZE_GIB of data, so that streaming would copy more than
@@ -8,9 +8,9 @@
 # vmcrypt picks its strategy itself: stream (copy the base data that the delta does not cover into the
 # delta, then rename it over the base) for the sparse and qcow2 bases, commit for the flat and full ones.
 #
-# Both tools make the base durable: vmcrypt syncs each batch of data before the metadata that points
-# to it, and qemu-img commit fdatasyncs the base's files before it exits (strace shows it for the flat
-# extent and for qcow2), and per grain table update for sparse VMDK. `qemu-img commit -d` keeps the
+# Both tools make the base durable. vmcrypt syncs each batch of data before the metadata that points
+# to it. qemu-img commit fdatasyncs the base's files before it exits (strace shows it for the flat
+# extent and for qcow2), and for sparse VMDK after each grain table update. `qemu-img commit -d` keeps the
 # delta instead of emptying it, which vmdk cannot do, so its timed command also removes the delta file
 # and then syncs the folder, as vmcrypt does. Prints both times and their ratio (target: vmcrypt >= 2x),
 # and checks that both bases are identical to the top's data.
@@ -80,7 +80,7 @@ for subformat in ${SUBFORMATS:-monolithicSparse monolithicFlat qcow2 qcow2-full-
   (
     cd chain
     if [[ $subformat == qcow2-full-base ]]; then
-      # The base holds more data outside the delta than the delta holds, so vmcrypt commits.
+      # The base has more data outside the delta than the delta has, so vmcrypt commits.
       qemu-img create -q -f qcow2 "$base" $((size_gib * 4))G
       qemu-io -f qcow2 -c "write -q -s ../random.raw 0 $size" -c "write -q -s ../random.raw $size $size" \
         -c "write -q -s ../random.raw $((2 * size)) $size" "$base"

@@ -18,7 +18,7 @@
 // Before the copy phase changes any layer, the images of other branches (--delete-other-branches) are
 // removed, children first, so that no image ever reads a layer that changed under it. A re-run in the
 // copy phase removes those left. For commit, a base smaller than the top is grown to the top's guest
-// size first (grow.hpp for qcow2, ftruncate for raw); the grow is idempotent, so a re-run copes with a
+// size first (grow.hpp for qcow2, ftruncate for raw). The grow is idempotent, so a re-run copes with a
 // base that is grown already. Stream needs no grow: the top keeps its own size.
 // An image without a backing file only has its internal snapshots deleted and refcounts made exact
 // (refcount_repair.hpp); that needs no intent file, because every run ends with exact refcounts.

@@ -279,7 +279,7 @@ crash_branching() {
     done
     expect_inspect_reports_merge "$dir" base.qcow2 base.qcow2 "$context"
 
-    # encrypt of the base must wait for the merge (interrupted: exit 7) and say how to finish it.
+    # encrypt of the base must wait for the merge (interrupted: exit 7) and name the command that finishes it.
     expect_exit 7 "$VMCRYPT" encrypt "$dir/base.qcow2"
     [[ $LAST_STDERR == *"consolidate-snapshots"*top.qcow2* ]] ||
         fail "$context: encrypt of the base does not say how to finish the merge: $LAST_STDERR"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # consolidate-snapshots of a qcow2 chain whose top was grown (qemu-img resize) after the snapshot: the
-# merge grows the base as QEMU's commit does. Cases: a qcow2 base holding an ext4 file system that the
-# top grew with resize2fs (L1 table grown in its cluster), a qcow2 base whose L1 table must move to new
-# clusters, a raw base (extended), and a chain merged by stream (the base needs no grow). Each must be
+# merge grows the base as QEMU's commit does. The cases:
+# - a qcow2 base with an ext4 file system that the top grew with resize2fs (L1 table grown in its cluster);
+# - a qcow2 base whose L1 table must move to new clusters;
+# - a raw base (extended);
+# - a chain merged by stream (the base needs no grow).
+# Each must be
 # identical to the top's export taken before, with the top's guest size, qemu-img check clean and
 # e2fsck clean where a file system is in it. Kills at the grow's fault points must resume to the same.
 set -euo pipefail
@@ -16,9 +19,9 @@ expect_virtual_size() {
     [[ $actual == "$size" ]] || fail "expected $image to have $size guest bytes $context, got $actual"
 }
 
-# A 64 MiB qcow2 base (4 KiB clusters, so one L1 cluster covers 1 GiB) holding an ext4 file system
-# with 16 MiB of files, and a top grown to 128 MiB whose file system resize2fs grew, with a new file and a write in the
-# last sector.
+# A 64 MiB qcow2 base (4 KiB clusters, so one L1 cluster covers 1 GiB) with an ext4 file system of
+# 16 MiB of files. The top is grown to 128 MiB and its file system with resize2fs, and gets a new file
+# and a write in the last sector.
 fs_template="$TEST_TMP/fs-template"
 mkdir -p "$fs_template/work"
 (
@@ -86,8 +89,8 @@ expect_qcow2_equals_raw "$dir/base.qcow2" "$move_expected" "(L1 table moved)"
 expect_qcow2_check_clean "$dir/base.qcow2" "(L1 table moved)"
 rm -rf "$dir"
 
-# Kills at each step of the grow, and at the first data batch after it; the re-run must cope with a
-# base that is grown already, and finish with the same result.
+# Kills at each step of the grow, and at the first data batch after it. The re-run must cope with a
+# base that is grown already and finish with the same result.
 for fault in qcow2-grow-l1-written:1 qcow2-grow-header-written:1 qcow2-consolidate-base-grown:1 qcow2-merge-data-written:1; do
     dir="$TEST_TMP/kill"
     cp -a --sparse=always "$move_template" "$dir"
