@@ -120,9 +120,9 @@ bool MappedRange::populate(std::uint64_t offset, std::uint64_t length) const noe
     const auto first = reinterpret_cast<std::uintptr_t>(bytes_.data() + offset);
     const std::uintptr_t begin = first - first % page_size;
     const std::uintptr_t end = first + length;
-    // MADV_POPULATE_READ (Linux 5.14) fails with EFAULT or EIO where a page cannot be read, instead of
-    // raising SIGBUS. An older kernel rejects the advice with EINVAL, and the first access faults the
-    // pages in as usual.
+    // MADV_POPULATE_READ (Linux 5.14, madvise(2)) fails with EFAULT or EHWPOISON where touching a page
+    // would raise SIGBUS. An older kernel rejects the advice with EINVAL, and the first access then
+    // faults the pages in as usual.
     if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0)
         return true;
     return errno == EINVAL;

@@ -1,5 +1,5 @@
 #pragma once
-// A read-only view of a byte range of a file through a shared mapping, populated when it is made.
+// A read-only view of a byte range of a file through a shared mapping, whose pages populate() reads in.
 //
 // The rewrite engine hashes and transforms a window's old content straight from the page cache this
 // way, which saves the copy a pread would make. It only reads through the mapping: every write goes
