@@ -4,7 +4,7 @@
 // the snapshot table) and, for small inputs, read-write (refcounts checked against every reference;
 // the memfd is private, so the OFD lock conflicts with nothing). A vmcrypt::Error is the expected
 // result for malformed input; anything else is a bug. Data runs must lie inside the file and carry
-// QEMU's LUKS tweak.
+// the tweak of the image's sector numbering (host offset for LUKS, guest sector for legacy AES).
 
 #include "core/error.hpp"
 #include "core/io/file.hpp"
@@ -35,7 +35,11 @@ void open_and_check(const std::string& path, Access access, std::uint64_t size)
         std::unique_ptr<qcow2::QcowDisk> disk = qcow2::QcowDisk::open(std::move(file), path);
         for (const DataRun& run : disk->data_runs()) {
             check(run.length > 0 && run.length % 512 == 0 && run.host_offset % 512 == 0);
-            check(run.first_sector == run.host_offset / 512);
+            // Legacy AES images and guest-sector records number units by guest sector, LUKS by host offset.
+            if (disk->tweak_rule() == "host-sector")
+                check(run.first_sector == run.host_offset / 512);
+            else
+                check(run.first_sector * 512 + run.length <= disk->capacity());
             check(run.host_offset < size);
         }
         disk->relations();
