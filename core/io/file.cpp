@@ -6,7 +6,9 @@
 #include <cstring>
 #include <fcntl.h>
 #include <string>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace vmcrypt {
@@ -171,6 +173,17 @@ std::uint64_t File::next_data(std::uint64_t offset) const
         throw_errno("seek to data", path_);
     }
     return static_cast<std::uint64_t>(r);
+}
+
+bool File::known_without_holes() const
+{
+    struct statfs file_system {};
+    struct stat st {};
+    if (::fstatfs(fd_, &file_system) != 0 || file_system.f_type != TMPFS_MAGIC || ::fstat(fd_, &st) != 0)
+        return false;
+    constexpr std::uint64_t page = 4096;
+    const std::uint64_t pages_of_size = (static_cast<std::uint64_t>(st.st_size) + page - 1) / page;
+    return static_cast<std::uint64_t>(st.st_blocks) * 512 >= pages_of_size * page;
 }
 
 std::uint64_t File::next_hole(std::uint64_t offset) const

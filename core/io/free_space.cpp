@@ -65,6 +65,8 @@ std::optional<std::uint64_t> fiemap_allocated(const File& file, std::uint64_t be
 
 std::uint64_t seek_allocated(const File& file, std::uint64_t begin, std::uint64_t end)
 {
+    if (file.known_without_holes())
+        return std::min(end, std::max(begin, file.size())) - begin;
     std::uint64_t allocated = 0;
     std::uint64_t position = begin;
     while (position < end) {

@@ -12,12 +12,16 @@ FlatExtentScan scan_flat_extent(const File& file, std::uint64_t offset, std::uin
     FlatExtentScan scan;
     std::uint64_t end = offset + length;
     std::uint64_t position = offset;
+    const bool without_holes = file.known_without_holes();
+    const std::uint64_t size = without_holes ? file.size() : 0;
 
     while (position < end) {
-        std::uint64_t data = file.next_data(position);
+        if (without_holes && position >= size)
+            break;
+        std::uint64_t data = without_holes ? position : file.next_data(position);
         if (data >= end)
             break;
-        std::uint64_t hole = std::max(file.next_hole(data), data + 1);
+        std::uint64_t hole = without_holes ? size : std::max(file.next_hole(data), data + 1);
 
         std::uint64_t run_start = std::max(data / 512 * 512, position);
         std::uint64_t run_end = std::min((hole + 511) / 512 * 512, end);

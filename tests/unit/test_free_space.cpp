@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <sys/statvfs.h>
 #include <vector>
 
@@ -46,6 +48,38 @@ TEST(FreeSpace, RangePastTheEnd)
     // 448 KiB of the range lie in the file's tail hole, 576 KiB past its end.
     EXPECT_EQ(unallocated_bytes(file, 576 * KiB, 1024 * KiB), 1024 * KiB);
     EXPECT_EQ(unallocated_bytes(file, 2048 * KiB, 64 * KiB), 64 * KiB);
+}
+
+// On tmpfs a file that holds every page of its size is known to have no holes without a SEEK_HOLE
+// scan, which visits every page there; a file with a hole is scanned as before.
+TEST(FreeSpace, TmpfsFileWithoutHoles)
+{
+    struct statfs shm {};
+    if (::statfs("/dev/shm", &shm) != 0 || shm.f_type != TMPFS_MAGIC)
+        GTEST_SKIP() << "/dev/shm is not a tmpfs here";
+    TempFolder folder("/dev/shm");
+    File file = File::create_new(folder / "full.bin", 0600);
+    const std::vector<std::uint8_t> data(1024 * KiB + 100, 0x5a);
+    file.write_exact(0, data);
+    EXPECT_TRUE(file.known_without_holes());
+    EXPECT_EQ(unallocated_bytes(file, 0, 2048 * KiB), 2048 * KiB - data.size());
+    EXPECT_EQ(unallocated_bytes(file, 4 * KiB, 64 * KiB), 0u);
+
+    file.truncate(2048 * KiB);  // a hole at the end
+    EXPECT_FALSE(file.known_without_holes());
+    EXPECT_EQ(unallocated_bytes(file, 0, 2048 * KiB), 2048 * KiB - 1028 * KiB);
+
+    File sparse = make_sparse_file(folder);
+    EXPECT_FALSE(sparse.known_without_holes());
+    EXPECT_EQ(unallocated_bytes(sparse, 0, 1024 * KiB), (1024 - 128) * KiB);
+
+    TempFolder disk_folder;
+    File elsewhere = File::create_new(disk_folder / "full.bin", 0600);
+    elsewhere.write_exact(0, data);
+    struct statfs other {};
+    if (::statfs(disk_folder.path().c_str(), &other) == 0 && other.f_type != TMPFS_MAGIC) {
+        EXPECT_FALSE(elsewhere.known_without_holes());
+    }
 }
 
 TEST(FreeSpace, PreallocatedRangeCountsAsAllocated)

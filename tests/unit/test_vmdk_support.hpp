@@ -28,9 +28,9 @@ namespace vmcrypt::test {
 // A folder under the system temporary directory, removed with its contents on destruction.
 class TempFolder {
 public:
-    TempFolder()
+    explicit TempFolder(const std::filesystem::path& parent = std::filesystem::temp_directory_path())
     {
-        std::string pattern = (std::filesystem::temp_directory_path() / "vmcrypt-vmdk-XXXXXX").string();
+        std::string pattern = (parent / "vmcrypt-vmdk-XXXXXX").string();
         if (::mkdtemp(pattern.data()) == nullptr)
             throw std::runtime_error("mkdtemp failed for " + pattern);
         path_ = pattern;
