@@ -34,7 +34,7 @@ struct KeyOptions {
 struct RewriteCommandOptions {
     std::string disk;
     KeyOptions keys;
-    std::uint64_t window_mib = 16;
+    std::optional<std::uint64_t> window_mib;  // unset: chosen by file system
     bool skip_data_check = false;  // decrypt only
 };
 
@@ -64,7 +64,7 @@ struct RekeyCommandOptions {
     bool new_keys_given = false;  // any --new-* option was given
     bool deep = false;
     bool keep_old_slot = false;
-    std::uint64_t window_mib = 16;
+    std::optional<std::uint64_t> window_mib;  // unset: chosen by file system
 };
 
 struct KeysCommandOptions {

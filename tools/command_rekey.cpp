@@ -84,7 +84,7 @@ int run_deep(const GlobalOptions& global, const RekeyCommandOptions& options, Ke
     install_stop_handlers();
     ProgressReporter reporter(progress_mode(global), options.disk);
     RewriteOptions rewrite;
-    rewrite.window_size = options.window_mib << 20;
+    rewrite.window_size = options.window_mib.value_or(0) << 20;
     rewrite.stop_requested = &stop_flag();
     rewrite.on_progress = [&reporter](const Progress& p) { reporter.update(p); };
 

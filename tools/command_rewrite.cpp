@@ -38,7 +38,7 @@ int run_rewrite(Operation operation, const GlobalOptions& global, const RewriteC
 
     ProgressReporter reporter(progress_mode(global), options.disk);
     RewriteOptions rewrite;
-    rewrite.window_size = options.window_mib << 20;
+    rewrite.window_size = options.window_mib.value_or(0) << 20;
     rewrite.data_check = options.skip_data_check ? DataCheckMode::skip : DataCheckMode::enforce;
     rewrite.stop_requested = &stop_flag();
     rewrite.on_progress = [&reporter](const Progress& p) { reporter.update(p); };

@@ -177,14 +177,14 @@ int main(int argc, char** argv)
         ->required();
     add_key_options(*encrypt, encrypt_options.keys, true);
     encrypt->add_option("--window-size", encrypt_options.window_mib,
-                        "MiB rewritten per crash-safe step (default 16)")->check(window_mib_range);
+                        "MiB rewritten per crash-safe step (default 4 on tmpfs, else 16)")->check(window_mib_range);
 
     CLI::App* decrypt = app.add_subcommand("decrypt", "decrypt an encrypted disk in place (re-run to resume)");
     decrypt->add_option("DISK", decrypt_options.disk, disk_help)
         ->required();
     add_key_options(*decrypt, decrypt_options.keys, false);
     decrypt->add_option("--window-size", decrypt_options.window_mib,
-                        "MiB rewritten per crash-safe step (default 16)")->check(window_mib_range);
+                        "MiB rewritten per crash-safe step (default 4 on tmpfs, else 16)")->check(window_mib_range);
     decrypt->add_flag("--skip-data-check", decrypt_options.skip_data_check,
                       "decrypt even when the record's dataCheck does not match the data (a program wrote to the "
                       "encrypted disk); the key must still open the record");
@@ -199,7 +199,7 @@ int main(int argc, char** argv)
     rekey->add_flag("--keep-old-slot", rekey_options.keep_old_slot,
                     "keep the slot of the current key, so that both keys open the disk")->excludes(deep);
     rekey->add_option("--window-size", rekey_options.window_mib,
-                      "MiB rewritten per crash-safe step with --deep (default 16)")->check(window_mib_range);
+                      "MiB rewritten per crash-safe step with --deep (default 4 on tmpfs, else 16)")->check(window_mib_range);
 
     CLI::App* keys = app.add_subcommand("keys", "list, add or remove the key slots of an encrypted disk");
     keys->require_subcommand(1, 1);

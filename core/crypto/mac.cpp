@@ -10,9 +10,15 @@ namespace vmcrypt {
 
 Mac hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> message)
 {
+    return hmac_sha256(key, {message});
+}
+
+Mac hmac_sha256(std::span<const std::uint8_t> key, std::initializer_list<std::span<const std::uint8_t>> parts)
+{
     const auto hmac = Botan::MessageAuthenticationCode::create_or_throw("HMAC(SHA-256)");
     hmac->set_key(key.data(), key.size());
-    hmac->update(message.data(), message.size());
+    for (std::span<const std::uint8_t> part : parts)
+        hmac->update(part.data(), part.size());
 
     Mac mac;
     hmac->final(mac.data());

@@ -208,7 +208,8 @@ OperationReport start_deep_rekey(const std::filesystem::path& path, const std::s
         // The format's own copies of the DEK (a qcow2 LUKS area): written unreferenced now, named by the
         // start metadata and switched to by the final metadata.
         check_rewrite_space(*disk, Operation::rekey,
-                            {options.window_size, metadata_bound(*disk, record.to_fields()), disk->prepare_rekey_bytes()},
+                            {window_size_for(options, *disk), metadata_bound(*disk, record.to_fields()),
+                             disk->prepare_rekey_bytes()},
                             where);
         disk->prepare_rekey(dek, record.to_fields());
         plan.start_metadata = disk->record_update(record.to_fields());

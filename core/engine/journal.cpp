@@ -9,7 +9,9 @@
 #include "core/record/encryption_record.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
+#include <stdexcept>
 #include <unistd.h>
 
 namespace vmcrypt {
@@ -17,7 +19,12 @@ namespace vmcrypt {
 namespace {
 
 constexpr std::uint64_t header_area = 8192;
-constexpr std::uint32_t journal_version = 2;  // 2: entries with a separate header sector
+// 2: entries with a separate header sector. 3: the window after the current one may be journaled
+// before the current one is synced, so recovery redoes the two newest window entries. A version 2
+// journal is a special case of version 3 (its older entry's window is always synced), so both are read;
+// vmcrypt versions that know only 2 reject version 3 instead of recovering one window of two.
+constexpr std::uint32_t journal_version = 3;
+constexpr std::uint32_t oldest_readable_version = 2;
 // The unit hash the entries were made with; recovery must compare with the same function.
 constexpr std::uint32_t unit_hash_xxh3_64 = 1;
 constexpr char header_magic[8] = {'V', 'M', 'C', 'R', 'Y', 'P', 'T', 'J'};
@@ -115,8 +122,9 @@ JournalHeader decode_header(const std::uint8_t* data, std::size_t size, std::siz
     r.raw(magic, 8);
     if (std::memcmp(magic, header_magic, 8) != 0)
         throw InvalidInput("bad magic");
-    if (r.u32() != journal_version)
-        throw UnsupportedInput("journal version is not " + std::to_string(journal_version) +
+    if (std::uint32_t version = r.u32(); version < oldest_readable_version || version > journal_version)
+        throw UnsupportedInput("journal version " + std::to_string(version) + " is not " +
+                               std::to_string(oldest_readable_version) + " to " + std::to_string(journal_version) +
                                "; finish the operation with the vmcrypt version that started it");
 
     JournalHeader header;
@@ -167,14 +175,25 @@ std::vector<std::uint8_t> encode_entry_fields(const JournalEntry& entry, std::ui
     return w.bytes;
 }
 
+// A 16 MiB window has 256 KiB of unit hashes, and the body is encoded on the way to every window's
+// writes, so it is built with one allocation and, on little-endian hosts, one copy.
 std::vector<std::uint8_t> encode_entry_body(const JournalEntry& entry)
 {
-    Writer w;
-    if (entry.metadata)
-        w.raw(entry.metadata->bytes.data(), entry.metadata->bytes.size());
-    for (std::uint64_t hash : entry.unit_hashes)
-        w.u64(hash);
-    return w.bytes;
+    const std::size_t metadata_length = entry.metadata ? entry.metadata->bytes.size() : 0;
+    std::vector<std::uint8_t> body(metadata_length + 8 * entry.unit_hashes.size());
+    if (metadata_length > 0)
+        std::memcpy(body.data(), entry.metadata->bytes.data(), metadata_length);
+    std::uint8_t* out = body.data() + metadata_length;
+    if constexpr (std::endian::native == std::endian::little) {
+        if (!entry.unit_hashes.empty())
+            std::memcpy(out, entry.unit_hashes.data(), 8 * entry.unit_hashes.size());
+    } else {
+        for (std::uint64_t hash : entry.unit_hashes) {
+            for (int i = 0; i < 8; ++i)
+                *out++ = static_cast<std::uint8_t>(hash >> (8 * i));
+        }
+    }
+    return body;
 }
 
 // An entry header as read back: the fields, where its body is, and the MACs to check.
@@ -239,8 +258,13 @@ void decode_entry_body(const std::vector<std::uint8_t>& body, EntryHeader& heade
         std::vector<std::uint8_t> skipped(header.metadata_length);
         r.raw(skipped.data(), skipped.size());
     }
-    for (std::uint64_t& hash : header.entry.unit_hashes)
-        hash = r.u64();
+    if constexpr (std::endian::native == std::endian::little) {
+        if (!header.entry.unit_hashes.empty())
+            r.raw(header.entry.unit_hashes.data(), 8 * header.entry.unit_hashes.size());
+    } else {
+        for (std::uint64_t& hash : header.entry.unit_hashes)
+            hash = r.u64();
+    }
 }
 
 // Entry `sequence` always lives in slot sequence % 2, so a new entry never overwrites the newest one.
@@ -295,6 +319,7 @@ struct Journal::State {
     File file;
     SecureBytes mac_key;
     std::uint64_t sequence = 0;  // of the newest entry written or found
+    std::optional<EntryHeader> older;  // the other slot's header, as newest() found it
 
     // MACs bind the journal id, so entries cannot be moved between journals. The body MAC also binds
     // the sequence number, so a body left from an older entry never passes for a newer one.
@@ -303,8 +328,7 @@ struct Journal::State {
         Writer w;
         w.raw(header.journal_id.data(), header.journal_id.size());
         w.u64(entry_sequence);
-        w.raw(body.data(), body.size());
-        return hmac_sha256(mac_key, w.bytes);
+        return hmac_sha256(mac_key, {std::span<const std::uint8_t>(w.bytes), std::span<const std::uint8_t>(body)});
     }
 
     Mac header_mac(const std::vector<std::uint8_t>& fields, const Mac& body, const JournalHeader& header) const
@@ -520,7 +544,27 @@ JournalEntry Journal::newest() const
     decode_entry_body(body, newest);
 
     state_->sequence = newest.entry.sequence;
+    state_->older = std::move(headers[other]);
     return newest.entry;
+}
+
+std::optional<JournalEntry> Journal::window_before_newest() const
+{
+    if (!state_->older)
+        throw std::logic_error("Journal::window_before_newest called before newest");
+    EntryHeader older = *state_->older;
+    if (older.entry.phase != JournalPhase::window || older.entry.sequence + 1 != state_->sequence)
+        return std::nullopt;
+
+    // A body that does not verify was overwritten by an append of the entry after the newest, which
+    // starts only once this entry's window is synced.
+    std::vector<std::uint8_t> body(older.body_length);
+    std::uint64_t body_offset = slot_offset(older.entry.sequence, header_.slot_size) + entry_header_size;
+    if (!state_->file.read_exact(body_offset, body) ||
+        !equal_constant_time(state_->body_mac(body, older.entry.sequence, header_), older.body_mac))
+        return std::nullopt;
+    decode_entry_body(body, older);
+    return older.entry;
 }
 
 void Journal::append(JournalEntry& entry)

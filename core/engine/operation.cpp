@@ -274,7 +274,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
             record.state = RecordState::encrypting;
             record.seal(dek);
             check_rewrite_space(*disk, operation,
-                                {options.window_size, metadata_bound(*disk, record.to_fields()),
+                                {window_size_for(options, *disk), metadata_bound(*disk, record.to_fields()),
                                  disk->prepare_encrypt_bytes()},
                                 where);
             disk->prepare_encrypt(dek, record.to_fields());
@@ -337,7 +337,7 @@ OperationReport start_or_resume(Operation operation, const std::filesystem::path
 
     if (operation == Operation::decrypt)
         check_rewrite_space(*disk, operation,
-                            {options.window_size,
+                            {window_size_for(options, *disk),
                              std::max(plan.start_metadata.bytes.size(), plan.final_metadata.bytes.size()), 0},
                             where);
 

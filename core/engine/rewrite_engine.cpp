@@ -3,7 +3,6 @@
 #include "core/crypto/unit_hash.hpp"
 #include "core/crypto/unit_cipher.hpp"
 #include "core/engine/fault_injection.hpp"
-#include "core/engine/parallel_parts.hpp"
 #include "core/engine/run_stream.hpp"
 #include "core/engine/unit_transform.hpp"
 #include "core/error.hpp"
@@ -13,8 +12,15 @@
 #include "core/text/terminal_text.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <optional>
 #include <set>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 
 namespace vmcrypt {
 
@@ -24,6 +30,12 @@ namespace {
 // L2 cache (512 KiB to 2 MiB on current x86-64 cores) when the next pass over it starts: the hash right
 // after the read, the write right after XTS. Whole-window passes went to memory for each of the four.
 constexpr std::uint64_t cache_chunk_units = 512;
+
+// Windows are hashed in chunks of 2 MiB. The thread that hashes a chunk also reads its pages into the
+// mapping's page tables, and two threads doing so within the same 2 MiB contend for the lock of its
+// page table page: with 256 KiB chunks that lock took 2.7% of an encrypt's time (perf, 4 GiB, tmpfs).
+constexpr std::uint64_t hash_chunk_units = 4096;
+static_assert(hash_chunk_units % cache_chunk_units == 0, "a hash chunk ends where a transform chunk ends");
 
 // Writeback of a window's written data starts per 4 MiB group, so the device writes while the rest of
 // the window is transformed. A sync_file_range per 256 KiB chunk cost about 0.5 s per GiB on ext4.
@@ -85,6 +97,7 @@ struct RewriteEngine::Impl {
     const RewriteOptions& options;
     RunStream stream;
     ZeroUnits zero_units;
+    mutable std::mutex write_mutex;  // see write_pending
 
     Impl(Disk& d, const SecureBytes& dek, const SecureBytes* previous_dek, const RewriteOptions& o,
          const RecordFields& record)
@@ -94,24 +107,25 @@ struct RewriteEngine::Impl {
     {
     }
 
-    // Reads (or writes) the bytes [begin, end) of the window buffer from (to) the segments they map to.
-    void read_range(std::uint8_t* buffer, const std::vector<RunSegment>& segments, std::uint64_t begin,
+    // Reads (or writes) the window's bytes [begin, end) from (to) the segments they map to; `data` holds
+    // byte `begin`.
+    void read_range(std::uint8_t* data, const std::vector<RunSegment>& segments, std::uint64_t begin,
                     std::uint64_t end) const
     {
         for_each_piece(segments, begin, end, [&](File& file, std::uint64_t host_offset, std::uint64_t offset,
                                                  std::uint64_t length) {
-            if (!file.read_exact(host_offset, {buffer + offset, length}))
+            if (!file.read_exact(host_offset, {data + (offset - begin), length}))
                 throw IoError(file.path().string() + ": short read at offset " + std::to_string(host_offset) +
                               ": the file shrank while vmcrypt was running");
         });
     }
 
-    void write_range(const std::uint8_t* buffer, const std::vector<RunSegment>& segments, std::uint64_t begin,
+    void write_range(const std::uint8_t* data, const std::vector<RunSegment>& segments, std::uint64_t begin,
                      std::uint64_t end) const
     {
         for_each_piece(segments, begin, end, [&](File& file, std::uint64_t host_offset, std::uint64_t offset,
                                                  std::uint64_t length) {
-            file.write_exact(host_offset, {buffer + offset, length});
+            file.write_exact(host_offset, {data + (offset - begin), length});
         });
     }
 
@@ -237,11 +251,234 @@ struct RewriteEngine::Impl {
         sync_files(segments);
     }
 
-    // Rewrites windows from `position` to the end, then completes the operation. The threads take
-    // each window's chunks from a shared counter and do their chunks' reads, hashing, XTS and writes, so
-    // the page cache copies are spread over the cores, not only the crypto.
+    // A window on its way through the pipeline: hashed and journaled in one step, transformed and
+    // written in the next, synced and unmapped in the one after.
+    struct Window {
+        std::uint64_t position = 0;
+        std::uint64_t length = 0;
+        std::vector<RunSegment> segments;
+        std::vector<std::optional<MappedRange>> mappings;
+        // Per transform chunk: whether its old content was read from a mapping when it was hashed.
+        std::vector<std::uint8_t> chunk_mapped;
+        JournalEntry entry;
+
+        std::uint64_t units() const { return length / 512; }
+    };
+
+    std::unique_ptr<Window> make_window(std::uint64_t position, std::uint64_t window_size) const
+    {
+        auto window = std::make_unique<Window>();
+        window->position = position;
+        window->length = std::min(window_size, stream.total_bytes() - position);
+        window->segments = stream.segments(position, window->length);
+        window->chunk_mapped.assign((window->units() + cache_chunk_units - 1) / cache_chunk_units, 0);
+        window->entry.phase = JournalPhase::window;
+        window->entry.window_start = position;
+        window->entry.window_length = window->length;
+        window->entry.unit_hashes.resize(window->units());
+        return window;
+    }
+
+    // Per-thread buffers of one transform chunk: old content read with pread, and the chunk's result.
+    // Per-thread buffers of transform chunks: old content read with pread, and two results, so that a
+    // thread can transform its next chunk while its last result waits for the write lock.
+    struct ChunkBuffers {
+        struct PendingWrite {
+            const Window* window = nullptr;
+            std::uint64_t begin = 0;  // units
+            std::uint64_t stop = 0;
+            std::size_t result = 0;
+        };
+
+        std::unique_ptr<std::uint8_t[]> old_content{new std::uint8_t[cache_chunk_units * 512]};
+        std::unique_ptr<std::uint8_t[]> results[2]{std::unique_ptr<std::uint8_t[]>(new std::uint8_t[cache_chunk_units * 512]),
+                                                   std::unique_ptr<std::uint8_t[]>(new std::uint8_t[cache_chunk_units * 512])};
+        std::vector<PendingWrite> pending;  // at most two, oldest first
+    };
+
+    // Whether write_pending() waits for the write lock or leaves the writes pending when another thread
+    // holds it.
+    enum class WriteWait { wait, if_free };
+
+    // Hashes the old content of one hash chunk of `window`, from its mapping where the pages can be
+    // read in, else with pread.
+    void hash_chunk(Window& window, std::uint64_t index, ChunkBuffers& buffers) const
+    {
+        const std::uint64_t begin = index * hash_chunk_units;
+        const std::uint64_t stop = std::min(window.units(), begin + hash_chunk_units);
+        const bool populated = mapped_old_content(window.segments, window.mappings, begin * 512, stop * 512, true);
+        for (std::uint64_t first = begin; first < stop; first += cache_chunk_units) {
+            const std::uint64_t end = std::min(stop, first + cache_chunk_units);
+            const std::uint8_t* old_content =
+                mapped_old_content(window.segments, window.mappings, first * 512, end * 512, !populated);
+            window.chunk_mapped[first / cache_chunk_units] = old_content != nullptr;
+            if (!old_content) {
+                read_range(buffers.old_content.get(), window.segments, first * 512, end * 512);
+                old_content = buffers.old_content.get();
+            }
+            hash_units({old_content, (end - first) * 512}, {window.entry.unit_hashes.data() + first, end - first});
+        }
+    }
+
+    // Transforms and writes one transform chunk of `window`. A chunk that was not read from a mapping
+    // is read again with pread: keeping a window of old content until its turn would cost a
+    // window-sized buffer per window in flight.
+    void transform_chunk(Window& window, std::uint64_t index, Direction direction, ChunkBuffers& buffers) const
+    {
+        const std::uint64_t begin = index * cache_chunk_units;
+        const std::uint64_t stop = std::min(window.units(), begin + cache_chunk_units);
+        const std::uint8_t* old_content =
+            window.chunk_mapped[index] ? mapped_old_content(window.segments, window.mappings, begin * 512, stop * 512)
+                                       : nullptr;
+        if (!old_content) {
+            read_range(buffers.old_content.get(), window.segments, begin * 512, stop * 512);
+            old_content = buffers.old_content.get();
+        }
+        const std::size_t result = buffers.pending.empty() ? 0 : 1 - buffers.pending.front().result;
+        transform_units(*cipher, direction, {}, window.segments, {}, begin, stop, &window.entry.unit_hashes,
+                        zero_units, previous.get(), old_content, buffers.results[result].get());
+        buffers.pending.push_back({&window, begin, stop, result});
+        write_pending(buffers, buffers.pending.size() < 2 ? WriteWait::if_free : WriteWait::wait);
+    }
+
+    // Writes the thread's pending results, one thread at a time. Writes to one file serialise on its
+    // inode lock in the kernel anyway, and a thread that waits there spins: perf showed that spinning
+    // at 5% of an encrypt's time on tmpfs. A thread that finds the lock taken transforms its next
+    // chunk instead.
+    void write_pending(ChunkBuffers& buffers, WriteWait wait) const
+    {
+        if (buffers.pending.empty())
+            return;
+        std::unique_lock lock(write_mutex, std::defer_lock);
+        if (wait == WriteWait::wait)
+            lock.lock();
+        else if (!lock.try_lock())
+            return;
+
+        for (const ChunkBuffers::PendingWrite& write : buffers.pending) {
+            write_range(buffers.results[write.result].get(), write.window->segments, write.begin * 512,
+                        write.stop * 512);
+
+            // The thread that writes the last chunk of a writeback group starts the group's writeback.
+            // The hint skips the group's chunks that are not written yet.
+            if (write.stop == write.window->units() || write.stop % writeback_group_units == 0) {
+                const std::uint64_t group_begin = (write.stop - 1) / writeback_group_units * writeback_group_units;
+                start_writeback(write.window->segments, group_begin * 512, write.stop * 512);
+            }
+        }
+        buffers.pending.clear();
+    }
+
+    // One step of the window pipeline, on options.threads threads (the calling thread among them):
+    // `retired`, written in the step before, is unmapped and synced; `next` is mapped, hashed and
+    // journaled; `current`, journaled in the step before, is transformed and written. Any may be null.
     //
-    // XTS runs on a private buffer and reaches the file only through pwrite. Transforming in place in
+    // The crash-safety rule that orders them: a window is written only after its entry is durable,
+    // and a window's entry is overwritten (by the entry two after it, in the same journal slot) only
+    // after the window is synced. So at any moment the windows that may be partly written are those of
+    // the two newest entries, and recovery redoes both. Within a step the threads first take the
+    // hash chunks of `next`, then the transform chunks of `current`; the thread that hashes the last
+    // chunk of `next` appends its entry, once `retired` is synced, while the other goes on writing.
+    void run_step(Journal& journal, Window* retired, Window* current, Window* next, Direction direction,
+                  std::vector<ChunkBuffers>& buffers)
+    {
+        const std::uint64_t hash_chunks = next ? (next->units() + hash_chunk_units - 1) / hash_chunk_units : 0;
+        const std::uint64_t transform_chunks = current ? current->chunk_mapped.size() : 0;
+        std::atomic<bool> map_claimed{false};
+        std::atomic<bool> sync_claimed{false};
+        std::atomic<bool> next_mapped{next == nullptr};
+        std::atomic<bool> retired_synced{retired == nullptr};
+        std::atomic<std::uint64_t> next_hash_chunk{0};
+        std::atomic<std::uint64_t> hash_chunks_done{0};
+        std::atomic<std::uint64_t> next_transform_chunk{0};
+        std::atomic<bool> failed{false};
+        std::exception_ptr failure;
+        std::mutex failure_mutex;
+
+        auto set_and_wake = [](std::atomic<bool>& flag) {
+            flag.store(true);
+            flag.notify_all();
+        };
+        auto journal_next = [&] {
+            retired_synced.wait(false);
+            if (failed)
+                return;
+            journal.append(next->entry);
+            log_debug("window at stream offset " + std::to_string(next->position) + ", " +
+                      std::to_string(next->length) + " bytes in " + std::to_string(next->segments.size()) +
+                      " segments: journaled as entry " + std::to_string(next->entry.sequence));
+            // COMMIT POINT: the window's old unit hashes are durable; from here a crash needs recovery.
+            fault_point("window-journaled");
+
+            // The disk reads the window after it while this step's other work goes on.
+            const std::uint64_t after = next->position + next->length;
+            if (after < stream.total_bytes())
+                prefetch(stream.segments(after, std::min(journal.header().window_size, stream.total_bytes() - after)));
+        };
+        auto work = [&](unsigned thread) {
+            try {
+                if (!map_claimed.exchange(true) && next) {
+                    next->mappings = map_segments(next->segments);
+                    set_and_wake(next_mapped);
+                }
+                if (!sync_claimed.exchange(true) && retired) {
+                    retired->mappings.clear();
+                    sync_files(retired->segments);
+                    fault_point("window-synced");
+                    set_and_wake(retired_synced);
+                }
+                bool own_chunks_done = false;
+                while (!failed) {
+                    if (next_mapped.load()) {
+                        if (const std::uint64_t index = next_hash_chunk++; index < hash_chunks) {
+                            hash_chunk(*next, index, buffers[thread]);
+                            if (++hash_chunks_done == hash_chunks)
+                                journal_next();
+                            continue;
+                        }
+                    }
+                    if (const std::uint64_t index = next_transform_chunk++; index < transform_chunks) {
+                        transform_chunk(*current, index, direction, buffers[thread]);
+                        continue;
+                    }
+                    write_pending(buffers[thread], WriteWait::wait);
+                    if (thread == 0 && current && !own_chunks_done) {
+                        own_chunks_done = true;
+                        fault_point("window-half-written");
+                    }
+                    if (!next_mapped.load()) {
+                        next_mapped.wait(false);
+                        continue;
+                    }
+                    break;
+                }
+            } catch (...) {
+                {
+                    std::lock_guard lock(failure_mutex);
+                    if (!failure)
+                        failure = std::current_exception();
+                }
+                failed = true;
+                set_and_wake(next_mapped);
+                set_and_wake(retired_synced);
+            }
+        };
+
+        std::vector<std::thread> helpers;
+        for (unsigned thread = 1; thread < buffers.size(); ++thread)
+            helpers.emplace_back(work, thread);
+        work(0);
+        for (std::thread& helper : helpers)
+            helper.join();
+        if (failure)
+            std::rethrow_exception(failure);
+    }
+
+    // Rewrites windows from `position` to the end, then completes the operation, in a pipeline of
+    // steps (see run_step) that overlaps each window's journal write, mapping and sync with the
+    // hashing and writing of its neighbours.
+    //
+    // XTS writes into private buffers and reaches the file only through pwrite. Transforming in place in
     // a shared mapping would expose half-done XTS passes (plaintext XOR tweak) to the file when the
     // process is killed, and such a unit is neither old nor new, so recovery could not repair it. A
     // pwrite that a signal interrupts stops at a page boundary, so each 512-byte unit is whole.
@@ -249,75 +486,37 @@ struct RewriteEngine::Impl {
                               const MetadataWrite& final_metadata)
     {
         const std::uint64_t total = stream.total_bytes();
-        const std::uint64_t window = journal.header().window_size;
+        const std::uint64_t window_size = journal.header().window_size;
         std::uint64_t rewritten = 0;
+        std::vector<ChunkBuffers> buffers(std::max(1u, options.threads));
 
-        // One buffer for all windows, not zero-filled: every byte is read before it is used.
-        std::unique_ptr<std::uint8_t[]> storage(new std::uint8_t[std::min(window, std::max<std::uint64_t>(total, 512))]);
-        std::uint8_t* buffer = storage.get();
-
-        if (position < total)
-            prefetch(stream.segments(position, std::min(window, total - position)));
-        while (position < total) {
+        std::unique_ptr<Window> retired;
+        std::unique_ptr<Window> current;
+        if (position < total) {
             check_stop(position);
-            const std::uint64_t length = std::min(window, total - position);
-            const std::uint64_t units = length / 512;
-            const std::vector<RunSegment> segments = stream.segments(position, length);
+            prefetch(stream.segments(position, std::min(window_size, total - position)));
+            current = make_window(position, window_size);
+            run_step(journal, nullptr, nullptr, current.get(), direction, buffers);
+        }
+        while (current) {
+            if (options.stop_requested && options.stop_requested->load()) {
+                if (retired)
+                    sync_files(retired->segments);
+                check_stop(current->position);
+            }
+            const std::uint64_t after = current->position + current->length;
+            std::unique_ptr<Window> next = after < total ? make_window(after, window_size) : nullptr;
+            run_step(journal, retired.get(), current.get(), next.get(), direction, buffers);
 
-            JournalEntry entry;
-            entry.phase = JournalPhase::window;
-            entry.window_start = position;
-            entry.window_length = length;
-            entry.unit_hashes.resize(units);
-            const std::vector<std::optional<MappedRange>> mappings = map_segments(segments);
-            // Whether each chunk's old content is read from its mapping (else from the window buffer).
-            std::vector<std::uint8_t> chunk_mapped((units + cache_chunk_units - 1) / cache_chunk_units, 0);
-            run_in_chunks(options.threads, units, cache_chunk_units, [&](std::uint64_t begin, std::uint64_t stop) {
-                const std::uint8_t* old_content =
-                    mapped_old_content(segments, mappings, begin * 512, stop * 512, true);
-                chunk_mapped[begin / cache_chunk_units] = old_content != nullptr;
-                if (!old_content) {
-                    read_range(buffer, segments, begin * 512, stop * 512);
-                    old_content = buffer + begin * 512;
-                }
-                hash_units({old_content, (stop - begin) * 512}, {entry.unit_hashes.data() + begin, stop - begin});
-            }, [] {});
-            journal.append(entry);
-            log_debug("window at stream offset " + std::to_string(position) + ", " + std::to_string(length) +
-                      " bytes in " + std::to_string(segments.size()) + " segments: journaled as entry " +
-                      std::to_string(entry.sequence));
-            // COMMIT POINT: the window's old unit hashes are durable; from here a crash needs recovery.
-            fault_point("window-journaled");
-
-            // The disk reads the next window's old content while this one is transformed, written and
-            // synced, instead of after its sync.
-            if (position + length < total)
-                prefetch(stream.segments(position + length, std::min(window, total - position - length)));
-
-            std::span<std::uint8_t> whole(buffer, length);
-            // A chunk's old content is read from its mapping before the chunk is written, and only one
-            // thread handles a chunk, so no chunk is read after its own write.
-            run_in_chunks(options.threads, units, cache_chunk_units, [&](std::uint64_t begin, std::uint64_t stop) {
-                const std::uint8_t* old_content =
-                    chunk_mapped[begin / cache_chunk_units] ? mapped_old_content(segments, mappings, begin * 512, stop * 512)
-                                                            : nullptr;
-                transform_units(*cipher, direction, whole, segments, {}, begin, stop, &entry.unit_hashes, zero_units,
-                                previous.get(), old_content);
-                write_range(buffer, segments, begin * 512, stop * 512);
-
-                // The thread that writes the last chunk of a writeback group starts the group's writeback.
-                // The hint skips the group's chunks that the other thread has not written yet.
-                if (stop == units || stop % writeback_group_units == 0) {
-                    const std::uint64_t group_begin = (stop - 1) / writeback_group_units * writeback_group_units;
-                    start_writeback(segments, group_begin * 512, stop * 512);
-                }
-            }, [] { fault_point("window-half-written"); });
-            sync_files(segments);
+            rewritten += current->length;
+            report(after);
+            retired = std::move(current);
+            current = std::move(next);
+        }
+        if (retired) {
+            retired->mappings.clear();
+            sync_files(retired->segments);
             fault_point("window-synced");
-
-            position += length;
-            rewritten += length;
-            report(position);
         }
 
         const MetadataWrite final_write = options.make_final_metadata ? options.make_final_metadata() : final_metadata;
@@ -336,9 +535,22 @@ struct RewriteEngine::Impl {
     }
 };
 
+std::uint64_t window_size_for(const RewriteOptions& options, Disk& disk)
+{
+    if (options.window_size != 0)
+        return options.window_size;
+    for (const File* file : disk.files()) {
+        struct statfs info {};
+        if (::fstatfs(file->fd(), &info) != 0 || info.f_type != TMPFS_MAGIC)
+            return 16ull << 20;
+    }
+    return 4ull << 20;
+}
+
 RewriteEngine::RewriteEngine(Disk& disk, const SecureBytes& dek, RewriteOptions options, const SecureBytes* previous_dek)
     : disk_(disk), dek_(dek), previous_dek_(previous_dek), options_(std::move(options))
 {
+    options_.window_size = window_size_for(options_, disk_);
     if (options_.window_size == 0 || options_.window_size % 512 != 0)
         throw UsageError("--window-size: the window must be a positive multiple of 512 bytes");
 }
@@ -424,6 +636,10 @@ RewriteResult RewriteEngine::resume(Journal journal, const MetadataWrite& final_
         position = 0;
         break;
     case JournalPhase::window:
+        // The window before the newest may be partly written too (see run_step). Recovering a window
+        // that is complete changes nothing.
+        if (std::optional<JournalEntry> before = journal.window_before_newest())
+            impl.recover_window(*before, direction);
         impl.recover_window(entry, direction);
         position = entry.window_start + entry.window_length;
         break;

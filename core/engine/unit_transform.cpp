@@ -45,7 +45,8 @@ void encrypt_non_zero_units(const UnitCipher& cipher, std::span<std::uint8_t> da
 void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit, const std::vector<std::uint64_t>* unit_hashes,
-                     ZeroUnits zero_units, const UnitCipher* previous, const std::uint8_t* source)
+                     ZeroUnits zero_units, const UnitCipher* previous, const std::uint8_t* source,
+                     std::uint8_t* output)
 {
     if (direction == Direction::reencrypt && !previous)
         throw std::invalid_argument("transform_units: reencrypt needs the previous DEK's cipher");
@@ -59,6 +60,12 @@ void transform_units(const UnitCipher& cipher, Direction direction, std::span<st
             return {source + (unit - first_unit) * 512, count * 512};
         return buffer.subspan(unit * 512, count * 512);
     };
+    // Where the result of units [unit, unit + count) goes.
+    auto new_units = [&](std::uint64_t unit, std::uint64_t count) -> std::span<std::uint8_t> {
+        if (source && output)
+            return {output + (unit - first_unit) * 512, count * 512};
+        return buffer.subspan(unit * 512, count * 512);
+    };
     auto is_zero = [&](std::uint64_t unit) {
         if (zero_units == ZeroUnits::transformed)
             return false;
@@ -70,11 +77,11 @@ void transform_units(const UnitCipher& cipher, Direction direction, std::span<st
     // Units that keep their content: only a separate source has to be copied into the buffer.
     auto keep = [&](std::uint64_t unit, std::uint64_t count) {
         if (source && count > 0)
-            std::memcpy(buffer.data() + unit * 512, old_units(unit, count).data(), count * 512);
+            std::memcpy(new_units(unit, count).data(), old_units(unit, count).data(), count * 512);
     };
 
     auto apply = [&](std::uint64_t unit, std::uint64_t count, std::uint64_t sector) {
-        std::span<std::uint8_t> data = buffer.subspan(unit * 512, count * 512);
+        std::span<std::uint8_t> data = new_units(unit, count);
         if (direction == Direction::encrypt) {
             if (source)
                 cipher.encrypt_units_from(old_units(unit, count), data, sector);

@@ -29,13 +29,15 @@ bool is_zero_unit(std::span<const std::uint8_t> unit);
 // of the previous DEK; with ZeroUnits::kept a unit that decrypts to all zeros is then stored as zeros.
 //
 // With `source`, the units' old content is read from there (source[0] is unit first_unit's first byte,
-// and the range must not overlap `buffer`) and the result, transformed or not, is written to `buffer`.
-// Without it, the buffer contains the old content and is transformed in place.
+// and the range must not overlap the output) and the result, transformed or not, is written to
+// `output` (output[0] is unit first_unit's first byte), else to `buffer`. Without `source`, the buffer
+// contains the old content and is transformed in place.
 void transform_units(const UnitCipher& cipher, Direction direction, std::span<std::uint8_t> buffer,
                      const std::vector<RunSegment>& segments, const std::vector<bool>& selected,
                      std::uint64_t first_unit, std::uint64_t end_unit,
                      const std::vector<std::uint64_t>* unit_hashes = nullptr, ZeroUnits zero_units = ZeroUnits::kept,
-                     const UnitCipher* previous = nullptr, const std::uint8_t* source = nullptr);
+                     const UnitCipher* previous = nullptr, const std::uint8_t* source = nullptr,
+                     std::uint8_t* output = nullptr);
 
 // Transforms the units of `buffer` described by `segments`. When `selected` is non-empty, only units
 // whose flag is set are transformed (recovery of a partly rewritten window). Uses `threads` threads.

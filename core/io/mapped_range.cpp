@@ -17,8 +17,9 @@ namespace vmcrypt {
 namespace {
 
 // The live mappings that the SIGBUS handler checks, with the line it prints for each. A rewrite maps
-// one window's segments at a time, so 256 slots cover a window of 256 long segments. A mapping that
-// finds no free slot is not made, and the caller reads with pread.
+// the segments of at most three windows at a time (see run_step in rewrite_engine.cpp), and a 16 MiB
+// window has at most 16 long segments. A mapping that finds no free slot is not made, and the caller
+// reads with pread.
 struct Slot {
     std::atomic<std::uintptr_t> begin{0};
     std::atomic<std::uintptr_t> end{0};  // 0: free
@@ -92,15 +93,6 @@ std::optional<MappedRange> MappedRange::map(const File& file, std::uint64_t offs
     if (base == MAP_FAILED)
         return std::nullopt;
 
-    // A page that cannot be read raises SIGBUS when touched, while pread reports the same error as EIO
-    // with a message naming the file. So a range that is not wholly in the page cache now is read with
-    // pread instead.
-    std::vector<unsigned char> resident((mapped_length + page_size - 1) / page_size);
-    if (::mincore(base, mapped_length, resident.data()) != 0 ||
-        !std::all_of(resident.begin(), resident.end(), [](unsigned char page) { return page & 1; })) {
-        ::munmap(base, mapped_length);
-        return std::nullopt;
-    }
     ::madvise(base, mapped_length, MADV_SEQUENTIAL);
 
     install_sigbus_handler();
@@ -120,12 +112,20 @@ bool MappedRange::populate(std::uint64_t offset, std::uint64_t length) const noe
     const auto first = reinterpret_cast<std::uintptr_t>(bytes_.data() + offset);
     const std::uintptr_t begin = first - first % page_size;
     const std::uintptr_t end = first + length;
-    // MADV_POPULATE_READ (Linux 5.14, madvise(2)) fails with EFAULT or EHWPOISON where touching a page
-    // would raise SIGBUS. An older kernel rejects the advice with EINVAL, and the first access then
-    // faults the pages in as usual.
-    if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0)
+    // A page that cannot be read raises SIGBUS when touched, while pread reports the same error as EIO
+    // with a message naming the file. MADV_POPULATE_READ (Linux 5.14, madvise(2)) reads the pages in
+    // and fails with EFAULT or EHWPOISON where touching a page would raise SIGBUS.
+    void* first_page = reinterpret_cast<void*>(begin);
+    if (::madvise(first_page, end - begin, MADV_POPULATE_READ) == 0)
         return true;
-    return errno == EINVAL;
+    if (errno != EINVAL)
+        return false;
+
+    // An older kernel rejects the advice with EINVAL. Then only bytes that are in the page cache now
+    // are read through the mapping; the first access maps them.
+    std::vector<unsigned char> resident((end - begin + page_size - 1) / page_size);
+    return ::mincore(first_page, end - begin, resident.data()) == 0 &&
+           std::all_of(resident.begin(), resident.end(), [](unsigned char page) { return page & 1; });
 }
 
 void MappedRange::unmap() noexcept

@@ -24,8 +24,7 @@ namespace vmcrypt {
 class MappedRange {
 public:
     // Maps [offset, offset + length) of `file`. Returns no value when the kernel rejects the mapping (a
-    // file system without mmap, no address space left) or a page is not in the page cache, and the
-    // caller then reads with pread. `failure_message` is the line printed (after
+    // file system without mmap, no address space left), and the caller then reads with pread. `failure_message` is the line printed (after
     // "vmcrypt: ") when a read through the mapping fails.
     static std::optional<MappedRange> map(const File& file, std::uint64_t offset, std::uint64_t length,
                                           const std::string& failure_message);
@@ -38,7 +37,8 @@ public:
 
     // Maps the pages of bytes()[offset, offset + length) and reads them in, on the calling thread, so
     // that threads populate their own chunks in parallel. Returns false when a page cannot be read (the
-    // caller then reads those bytes with pread).
+    // caller then reads those bytes with pread, which reports the error), and on kernels before 5.14
+    // when a page is not in the page cache.
     bool populate(std::uint64_t offset, std::uint64_t length) const noexcept;
 
     // The bytes of the range, valid until this object is destroyed. Writes to the file through pwrite

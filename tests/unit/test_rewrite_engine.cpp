@@ -356,14 +356,18 @@ TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping)
                      .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata),
                  Interrupted);
-    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 2u);
+    // Entry 2 (window 0, slot 0) and entry 3 (window 1, journaled while window 0 was written, slot 1).
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
 
-    // Entry 2 lives in slot 0: put the placeholder header back and window 0's plaintext with it.
+    // A crash after entry 2's body sync and before its header write: slot 0 holds the placeholder header
+    // over entry 2's body, slot 1 still holds entry 1, and window 0 is plaintext.
     std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
     std::copy(plaintext_.begin(), plaintext_.begin() + 64 * kib, data.begin());
     write_all(dir_ / "a.data", data);
     std::vector<std::uint8_t> bytes = read_all(journal_path);
+    const std::uint64_t slot_size = (bytes.size() - 8192) / 2;
     std::copy(with_placeholder.begin() + 8192, with_placeholder.begin() + 8192 + 512, bytes.begin() + 8192);
+    std::copy(with_placeholder.begin() + 8192 + slot_size, with_placeholder.end(), bytes.begin() + 8192 + slot_size);
     write_all(journal_path, bytes);
 
     JournalEntry fallback = Journal::open(journal_path, dek_).newest();
@@ -389,7 +393,7 @@ TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
     FileBackedDisk disk = make_disk("a");
     fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
     std::atomic<bool> stop{false};
-    std::uint64_t stop_at = 64 * kib;
+    std::uint64_t stop_at = 0;
     RewriteOptions stopping = options(64 * kib);
     stopping.stop_requested = &stop;
     stopping.on_progress = [&](const Progress& p) {
@@ -397,29 +401,31 @@ TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
             stop = true;
     };
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
-    std::vector<std::uint8_t> before = read_all(journal_path);  // entries 1 (slot 1) and 2 (slot 0)
+    std::vector<std::uint8_t> before = read_all(journal_path);  // entry 1 in slot 1, the placeholder in slot 0
 
     stop = false;
-    stop_at = 128 * kib;
+    stop_at = 64 * kib;
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping)
                      .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata),
                  Interrupted);
+    // Entry 2 (window 0, written, slot 0) and entry 3 (window 1, journaled while window 0 was written).
     ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
 
-    // Undo entry 3's header sector (slot 1 shows entry 1's header again over entry 3's body) and its
-    // window's data, as a crash right after the body sync leaves them.
+    // Undo entry 3's header sector (slot 1 shows entry 1's header again over entry 3's body), as a crash
+    // right after entry 3's body sync leaves it; window 1 is still plaintext.
     std::vector<std::uint8_t> bytes = read_all(journal_path);
     std::uint64_t slot_size = (bytes.size() - 8192) / 2;
     std::copy(before.begin() + 8192 + slot_size, before.begin() + 8192 + slot_size + 512,
               bytes.begin() + 8192 + slot_size);
     write_all(journal_path, bytes);
     std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
-    std::copy(plaintext_.begin() + 64 * kib, plaintext_.begin() + 128 * kib, data.begin() + 64 * kib);
-    write_all(dir_ / "a.data", data);
+    ASSERT_TRUE(std::equal(plaintext_.begin() + 64 * kib, plaintext_.begin() + 128 * kib, data.begin() + 64 * kib));
 
-    JournalEntry fallback = Journal::open(journal_path, dek_).newest();
+    Journal torn = Journal::open(journal_path, dek_);
+    JournalEntry fallback = torn.newest();
     EXPECT_EQ(fallback.sequence, 2u);
     EXPECT_EQ(fallback.window_start, 0u);
+    EXPECT_FALSE(torn.window_before_newest());  // entry 1 is the start metadata
 
     FileBackedDisk reference = make_disk("reference");
     RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
@@ -444,16 +450,16 @@ TEST_F(RewriteEngineTest, DamagedJournalEntryIsReported)
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
     const std::vector<std::uint8_t> intact = read_all(journal_path);
     const std::uint64_t slot_size = (intact.size() - 8192) / 2;
-    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);  // slot 1; entry 2 in slot 0
+    ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 4u);  // slot 0; entry 3 in slot 1
 
     struct Damage {
         const char* name;
         std::uint64_t offset;
     };
     const Damage cases[] = {
-        {"newest header", 8192 + slot_size + 20},
-        {"newest body", 8192 + slot_size + 512 + 100},
-        {"older header", 8192 + 20},
+        {"newest header", 8192 + 20},
+        {"newest body", 8192 + 512 + 100},
+        {"older header", 8192 + slot_size + 20},
     };
     for (const Damage& damage : cases) {
         std::vector<std::uint8_t> bytes = intact;
@@ -464,9 +470,43 @@ TEST_F(RewriteEngineTest, DamagedJournalEntryIsReported)
 
     // A changed body of the older entry is what a torn append leaves, and is not damage.
     std::vector<std::uint8_t> bytes = intact;
-    bytes[8192 + 512 + 100] ^= 0x40;
+    bytes[8192 + slot_size + 512 + 100] ^= 0x40;
     write_all(journal_path, bytes);
-    EXPECT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
+    Journal torn = Journal::open(journal_path, dek_);
+    EXPECT_EQ(torn.newest().sequence, 4u);
+    EXPECT_FALSE(torn.window_before_newest());
+}
+
+// The window before the newest entry's may be partly written: the engine journals a window while the
+// one before it is still being written. A resume must finish both.
+TEST_F(RewriteEngineTest, WindowBeforeNewestIsRecovered)
+{
+    FileBackedDisk disk = make_disk("a");
+    fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
+    std::atomic<bool> stop{false};
+    RewriteOptions stopping = options(64 * kib);
+    stopping.stop_requested = &stop;
+    stopping.on_progress = [&](const Progress& p) {
+        if (p.bytes_done >= 64 * kib)
+            stop = true;
+    };
+    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    Journal journal = Journal::open(journal_path, dek_);
+    ASSERT_EQ(journal.newest().window_start, 64 * kib);
+    std::optional<JournalEntry> before = journal.window_before_newest();
+    ASSERT_TRUE(before);
+    EXPECT_EQ(before->window_start, 0u);
+
+    // Window 0 as a crash before its sync can leave it: its first half still plaintext.
+    std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
+    std::copy(plaintext_.begin(), plaintext_.begin() + 32 * kib, data.begin());
+    write_all(dir_ / "a.data", data);
+
+    FileBackedDisk reference = make_disk("reference");
+    RewriteEngine(reference, dek_, options(64 * kib)).start(plan(reference, Operation::encrypt));
+    RewriteEngine(disk, dek_, options(64 * kib))
+        .resume(Journal::open(journal_path, dek_), plan(disk, Operation::encrypt).final_metadata);
+    EXPECT_EQ(read_all(dir_ / "a.data"), read_all(dir_ / "reference.data"));
 }
 
 TEST_F(RewriteEngineTest, JournalWithOtherKeyIsRejected)
