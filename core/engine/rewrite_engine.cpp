@@ -32,8 +32,8 @@ namespace {
 constexpr std::uint64_t cache_chunk_units = 512;
 
 // Windows are hashed in chunks of 2 MiB. The thread that hashes a chunk also reads its pages into the
-// mapping's page tables, and two threads doing so within the same 2 MiB contend for the lock of its
-// page table page: with 256 KiB chunks that lock took 2.7% of an encrypt's time (perf, 4 GiB, tmpfs).
+// mapping's page tables, and two threads doing so within the same 2 MiB wait for the lock of one page
+// table page. With 256 KiB chunks that lock took 2.7% of an encrypt's time (perf, 4 GiB, tmpfs).
 constexpr std::uint64_t hash_chunk_units = 4096;
 static_assert(hash_chunk_units % cache_chunk_units == 0, "a hash chunk ends where a transform chunk ends");
 
@@ -107,8 +107,8 @@ struct RewriteEngine::Impl {
     {
     }
 
-    // Reads (or writes) the window's bytes [begin, end) from (to) the segments they map to; `data` holds
-    // byte `begin`.
+    // Reads (or writes) the window's bytes [begin, end) from (to) the segments they map to. `data` is
+    // the address of byte `begin`.
     void read_range(std::uint8_t* data, const std::vector<RunSegment>& segments, std::uint64_t begin,
                     std::uint64_t end) const
     {

@@ -46,7 +46,7 @@ public:
     // Start of the next hole at or after offset (SEEK_HOLE); size() at the end.
     std::uint64_t next_hole(std::uint64_t offset) const;
     // True when the file is known to have no holes without scanning it: on tmpfs, which counts exactly
-    // the pages it holds, when it holds a page for each page of its size. SEEK_DATA and SEEK_HOLE on
+    // the pages it allocated, when it has a page for each page of its size. SEEK_DATA and SEEK_HOLE on
     // tmpfs visit every page of the range (about 60 ms for 4 GiB here). False means "maybe holes".
     bool known_without_holes() const;
 
