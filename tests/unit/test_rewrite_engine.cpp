@@ -94,6 +94,20 @@ protected:
     std::vector<std::uint8_t> plaintext_;
     std::vector<DataRun> runs_;
     SecureBytes dek_;
+
+    // Starts an encrypt of `disk` in 64 KiB windows and stops it at the first window boundary after
+    // `stop_at` bytes are rewritten.
+    void encrypt_until_stopped(FileBackedDisk& disk, std::uint64_t stop_at)
+    {
+        std::atomic<bool> stop{false};
+        RewriteOptions stopping = options(64 * kib);
+        stopping.stop_requested = &stop;
+        stopping.on_progress = [&](const Progress& p) {
+            if (p.bytes_done >= stop_at)
+                stop = true;
+        };
+        EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    }
 };
 
 TEST_F(RewriteEngineTest, EncryptThenDecryptRestoresData)
@@ -440,14 +454,7 @@ TEST_F(RewriteEngineTest, DamagedJournalEntryIsReported)
 {
     FileBackedDisk disk = make_disk("a");
     fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
-    std::atomic<bool> stop{false};
-    RewriteOptions stopping = options(64 * kib);
-    stopping.stop_requested = &stop;
-    stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= 128 * kib)
-            stop = true;
-    };
-    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    encrypt_until_stopped(disk, 128 * kib);
     const std::vector<std::uint8_t> intact = read_all(journal_path);
     const std::uint64_t slot_size = (intact.size() - 8192) / 2;
     ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 4u);  // slot 0; entry 3 in slot 1
@@ -483,14 +490,7 @@ TEST_F(RewriteEngineTest, WindowBeforeNewestIsRecovered)
 {
     FileBackedDisk disk = make_disk("a");
     fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
-    std::atomic<bool> stop{false};
-    RewriteOptions stopping = options(64 * kib);
-    stopping.stop_requested = &stop;
-    stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= 64 * kib)
-            stop = true;
-    };
-    EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
+    encrypt_until_stopped(disk, 64 * kib);
     Journal journal = Journal::open(journal_path, dek_);
     ASSERT_EQ(journal.newest().window_start, 64 * kib);
     std::optional<JournalEntry> before = journal.window_before_newest();
