@@ -27,16 +27,18 @@ print(json.dumps(value) if isinstance(value, (dict, list, bool)) or value is Non
 PY
 }
 
-# Runs qemu-img with the arguments, retrying up to 10 times when it fails with "Unable to get accurate
-# CPU usage": qemu-img 7.2 measures the PBKDF2 speed for a LUKS key slot and fails when a loaded
-# machine gives its benchmark no measurable CPU time.
+# Runs qemu-img with the arguments, retrying up to 30 times, a third of a second apart, when it fails
+# with "Unable to get accurate CPU usage". qemu-img 7.2 measures the PBKDF2 speed for a LUKS key slot
+# on a new thread whose first round can finish before getrusage counts any CPU time; ten attempts in a
+# row failed so while another job loaded both cores.
 qemu_img_retrying() {
     local attempt
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    for attempt in $(seq 30); do
         if qemu-img "$@" 2>"$TEST_TMP/qemu-img.err"; then
             return 0
         fi
         grep -q "Unable to get accurate CPU usage" "$TEST_TMP/qemu-img.err" || break
+        sleep 0.3
     done
     fail "qemu-img $* failed: $(cat "$TEST_TMP/qemu-img.err")"
 }
