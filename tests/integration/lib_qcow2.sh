@@ -29,8 +29,8 @@ PY
 
 # Runs qemu-img with the arguments, retrying up to 30 times, a third of a second apart, when it fails
 # with "Unable to get accurate CPU usage". qemu-img 7.2 measures the PBKDF2 speed for a LUKS key slot
-# on a new thread whose first round can finish before getrusage counts any CPU time; ten attempts in a
-# row failed so while another job loaded both cores.
+# on a new thread, and its first round can finish before getrusage counts any CPU time. Ten attempts
+# in a row failed that way while another job loaded both cores.
 qemu_img_retrying() {
     local attempt
     for attempt in $(seq 30); do

@@ -50,8 +50,8 @@ TEST(FreeSpace, RangePastTheEnd)
     EXPECT_EQ(unallocated_bytes(file, 2048 * KiB, 64 * KiB), 64 * KiB);
 }
 
-// On tmpfs a file that holds every page of its size is known to have no holes without a SEEK_HOLE
-// scan, which visits every page there; a file with a hole is scanned as before.
+// On tmpfs a file with a page for every page of its size is known to have no holes without a
+// SEEK_HOLE scan, which visits every page there. A file with a hole is scanned as before.
 TEST(FreeSpace, TmpfsFileWithoutHoles)
 {
     struct statfs shm {};

@@ -373,8 +373,8 @@ TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
     // Entry 2 (window 0, slot 0) and entry 3 (window 1, journaled while window 0 was written, slot 1).
     ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
 
-    // A crash after entry 2's body sync and before its header write: slot 0 holds the placeholder header
-    // over entry 2's body, slot 1 still holds entry 1, and window 0 is plaintext.
+    // A crash after entry 2's body sync and before its header write: slot 0 has the placeholder header
+    // over entry 2's body, slot 1 still has entry 1, and window 0 is plaintext.
     std::vector<std::uint8_t> data = read_all(dir_ / "a.data");
     std::copy(plaintext_.begin(), plaintext_.begin() + 64 * kib, data.begin());
     write_all(dir_ / "a.data", data);
@@ -426,7 +426,7 @@ TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
     ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 3u);
 
     // Undo entry 3's header sector (slot 1 shows entry 1's header again over entry 3's body), as a crash
-    // right after entry 3's body sync leaves it; window 1 is still plaintext.
+    // right after entry 3's body sync leaves it. Window 1 is still plaintext.
     std::vector<std::uint8_t> bytes = read_all(journal_path);
     std::uint64_t slot_size = (bytes.size() - 8192) / 2;
     std::copy(before.begin() + 8192 + slot_size, before.begin() + 8192 + slot_size + 512,
