@@ -11,6 +11,8 @@
 #include "core/io/locks.hpp"
 #include "core/log.hpp"
 
+#include <algorithm>
+
 namespace vmcrypt {
 
 namespace {
@@ -70,16 +72,37 @@ std::vector<std::string> slot_summaries(const EncryptionRecord& record)
     return summaries;
 }
 
+KeySource* find_opener(const KeySlot& slot, const SecureBytes& dek, const std::vector<KeySource*>& sources);
+
+// Warns about each --new-* key that opens none of the journal's key slots: a resumed deep rekey seals
+// the data under the slots that the interrupted run wrote, whatever new keys the resume is given.
+void warn_unused_new_keys(const EncryptionRecord& record, const SecureBytes& dek, const KeySource* opener,
+                          const std::vector<KeySource*>& new_sources, const std::string& where)
+{
+    for (KeySource* source : new_sources) {
+        if (source == opener)
+            continue;
+        const bool opens_a_slot = std::any_of(record.key_slots.begin(), record.key_slots.end(),
+                                              [&](const KeySlot& slot) { return find_opener(slot, dek, {source}); });
+        if (!opens_a_slot)
+            log_warning(where + ": " + source->description() + " is not used: the interrupted deep rekey finishes "
+                        "under the key slots it started with; run `vmcrypt rekey` afterwards to change them");
+    }
+}
+
 OperationReport resume_deep_rekey(const std::filesystem::path& path, const std::string& where,
                                   const std::filesystem::path& journal_path, const JournalSummary& summary,
-                                  const std::vector<KeySource*>& sources, RewriteOptions& options,
-                                  const DiskOpener& opener)
+                                  const std::vector<KeySource*>& sources, const std::vector<KeySource*>& new_sources,
+                                  RewriteOptions& options, const DiskOpener& opener)
 {
     // The header is authenticated only once the DEK is known. Until then a damaged header shows up as an
     // unreadable record, so report it as a damaged journal, not as a damaged disk.
     SecureBytes dek;
+    const KeySource* opener_source = nullptr;
     try {
-        dek = unlock_key_slot(summary.header.record, sources, where).dek;
+        UnlockedKey unlocked = unlock_key_slot(summary.header.record, sources, where);
+        dek = std::move(unlocked.dek);
+        opener_source = unlocked.source;
     } catch (const Error& e) {
         if (e.code() == ExitCode::invalid_input)
             throw InvalidInput(journal_path.string() + ": the journal header is damaged (" + e.what() +
@@ -95,6 +118,7 @@ OperationReport resume_deep_rekey(const std::filesystem::path& path, const std::
 
     EncryptionRecord record = EncryptionRecord::from_fields(summary.header.record, journal_path.string());
     SecureBytes previous = record.unwrap_previous_dek(dek, journal_path.string());
+    warn_unused_new_keys(record, dek, opener_source, new_sources, where);
     check_rekey_journal_belongs(newest.phase, summary.header.record, disk->record(), dek, previous, journal_path);
 
     EncryptionRecord final_record = record;
@@ -260,7 +284,8 @@ OperationReport run_deep_rekey(const std::filesystem::path& disk_path, KeySource
         if (std::optional<JournalSummary> summary = Journal::peek(journal_path)) {
             if (summary->header.operation != Operation::rekey)
                 reject_other_unfinished(path, disk_path, where, summary->header.operation, journal_path);
-            return resume_deep_rekey(path, where, journal_path, *summary, all_sources, options, opener);
+            return resume_deep_rekey(path, where, journal_path, *summary, all_sources, source_list({&seal}), options,
+                                     opener);
         }
         return start_deep_rekey(path, where, unlock, seal, options, opener);
     });

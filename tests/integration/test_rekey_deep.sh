@@ -156,8 +156,24 @@ code=0
 expect_exit 0 "$VMCRYPT" rekey --deep --quiet --key-file "$TEST_TMP/a.key" --new-key-file "$TEST_TMP/b.key" \
     --window-size 1 "$disk"
 check_units "$(current_dek "$TEST_TMP/b.key")" "$old_dek" "after a resumed deep rekey to a new KEK"
+
+# A resume given another new key finishes under the key slots that the interrupted run wrote, and warns
+# that the other key is not used.
+head -c 32 /dev/urandom >"$TEST_TMP/c.key"
+head -c 32 /dev/urandom >"$TEST_TMP/d.key"
+old_dek=$(current_dek "$TEST_TMP/b.key")
+code=0
+{ VMCRYPT_FAULT="window-synced:3:kill" "$VMCRYPT" rekey --deep --quiet --key-file "$TEST_TMP/b.key" \
+    --new-key-file "$TEST_TMP/d.key" --window-size 1 "$disk" 2>/dev/null; } 2>/dev/null || code=$?
+[[ $code == 137 ]] || fail "rekey --deep to d.key with a fault exited $code"
+"$VMCRYPT" rekey --deep --key-file "$TEST_TMP/d.key" --new-key-file "$TEST_TMP/c.key" "$disk" \
+    >/dev/null 2>"$TEST_TMP/resume.err" || fail "the resume given another new key failed: $(cat "$TEST_TMP/resume.err")"
+grep -q "c.key is not used: the interrupted deep rekey finishes under the key slots it started with" \
+    "$TEST_TMP/resume.err" || fail "the resume did not warn that c.key is not used: $(cat "$TEST_TMP/resume.err")"
+check_units "$(current_dek "$TEST_TMP/d.key")" "$old_dek" "after a resume given another new key"
+expect_exit 4 "$VMCRYPT" decrypt --key-file "$TEST_TMP/c.key" "$disk"
 expect_exit 4 "$VMCRYPT" decrypt --key-file "$TEST_TMP/a.key" "$disk"
-expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/b.key" "$disk"
+expect_exit 0 "$VMCRYPT" decrypt --key-file "$TEST_TMP/d.key" "$disk"
 expect_same_as_raw "$disk" "$plain" "after the crash matrix and decrypt"
 
 # SIGINT and SIGTERM stop a deep rekey with exit 7, and random SIGKILLs leave a resumable disk. A larger
