@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace vmcrypt::cli {
@@ -123,7 +124,9 @@ json describe_operation(const std::filesystem::path& metadata_file)
             done = 0;
             break;
         case JournalPhase::window:
-            done = summary->newest->window_start;
+            // The window before the newest entry's may still be partly written (see run_step), so only
+            // the windows before that one are known to be done.
+            done = summary->newest->window_start - std::min(summary->newest->window_start, summary->header.window_size);
             break;
         case JournalPhase::finalize:
             done = summary->header.total_bytes;

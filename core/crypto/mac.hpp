@@ -12,7 +12,7 @@ using Mac = std::array<std::uint8_t, 32>;
 
 Mac hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> message);
 
-// The MAC of the concatenation of `parts`, without building it.
+// Computes the MAC of the concatenation of `parts` without building the concatenation.
 Mac hmac_sha256(std::span<const std::uint8_t> key, std::initializer_list<std::span<const std::uint8_t>> parts);
 
 bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b);

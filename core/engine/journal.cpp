@@ -22,7 +22,7 @@ constexpr std::uint64_t header_area = 8192;
 // 2: entries with a separate header sector. 3: the window after the current one may be journaled
 // before the current one is synced, so recovery redoes the two newest window entries. A version 2
 // journal is a special case of version 3, because its older entry's window is always synced, so both
-// are read. A vmcrypt that knows only version 2 rejects version 3 instead of recovering one window of two.
+// are read. A vmcrypt that reads only version 2 rejects version 3 instead of recovering one window of two.
 constexpr std::uint32_t journal_version = 3;
 constexpr std::uint32_t oldest_readable_version = 2;
 // The unit hash the entries were made with; recovery must compare with the same function.

@@ -90,8 +90,8 @@ public:
     // journal is damaged in a way a crash cannot explain.
     JournalEntry newest() const;
 
-    // The window entry just before the newest one, whose window may not be synced yet: the engine
-    // journals a window while the one before it is still being written. Call after newest(). No value
+    // Returns the window entry just before the newest one, whose window may not be synced yet, because
+    // the engine journals a window while the one before it is still being written. Call after newest(). No value
     // when that entry is not a window entry, or when its body was overwritten by an unfinished append,
     // which the engine starts only after that window is synced.
     std::optional<JournalEntry> window_before_newest() const;

@@ -279,7 +279,6 @@ struct RewriteEngine::Impl {
         return window;
     }
 
-    // Per-thread buffers of one transform chunk: old content read with pread, and the chunk's result.
     // Per-thread buffers of transform chunks: old content read with pread, and two results, so that a
     // thread can transform its next chunk while its last result waits for the write lock.
     struct ChunkBuffers {
@@ -369,15 +368,15 @@ struct RewriteEngine::Impl {
         buffers.pending.clear();
     }
 
-    // One step of the window pipeline, on options.threads threads (the calling thread among them):
-    // `retired`, written in the step before, is unmapped and synced; `next` is mapped, hashed and
-    // journaled; `current`, journaled in the step before, is transformed and written. Any may be null.
+    // Runs one step of the window pipeline on options.threads threads, the calling thread among them.
+    // `retired`, written in the step before, is unmapped and synced. `next` is mapped, hashed and
+    // journaled. `current`, journaled in the step before, is transformed and written. Any may be null.
     //
     // The crash-safety rule that orders them: a window is written only after its entry is durable,
     // and a window's entry is overwritten (by the entry two after it, in the same journal slot) only
     // after the window is synced. So at any moment the windows that may be partly written are those of
     // the two newest entries, and recovery redoes both. Within a step the threads first take the
-    // hash chunks of `next`, then the transform chunks of `current`; the thread that hashes the last
+    // hash chunks of `next`, then the transform chunks of `current`. The thread that hashes the last
     // chunk of `next` appends its entry, once `retired` is synced, while the other goes on writing.
     void run_step(Journal& journal, Window* retired, Window* current, Window* next, Direction direction,
                   std::vector<ChunkBuffers>& buffers)

@@ -57,10 +57,10 @@ struct RewriteResult {
 
 // The window size of a new operation on `disk`: options.window_size when set, else 4 MiB when every
 // file of the disk is on tmpfs and 16 MiB otherwise. On a device each window costs syncs, which larger
-// windows spread over more data. On tmpfs syncs are free and a window's cost is the CPU cache it
-// takes: its old content is read when it is hashed and again when it is transformed, and with two
-// windows in flight 4 MiB windows stay in the cache between the two reads where 16 MiB ones do not
-// (bench/README.md: about 10% less CPU time on a 4 GiB disk).
+// windows spread over more data. On tmpfs syncs are free, and a window's cost is the CPU cache it takes.
+// Its old content is read when it is hashed and again when it is transformed. With two windows in
+// flight, 4 MiB windows took about 10% less CPU time than 16 MiB ones on a 4 GiB disk (bench/README.md),
+// likely because they stay in the cache between the two reads.
 std::uint64_t window_size_for(const RewriteOptions& options, Disk& disk);
 
 class RewriteEngine {

@@ -60,7 +60,7 @@ void transform_units(const UnitCipher& cipher, Direction direction, std::span<st
             return {source + (unit - first_unit) * 512, count * 512};
         return buffer.subspan(unit * 512, count * 512);
     };
-    // Where the result of units [unit, unit + count) goes.
+    // The bytes that receive the result of units [unit, unit + count).
     auto new_units = [&](std::uint64_t unit, std::uint64_t count) -> std::span<std::uint8_t> {
         if (source && output)
             return {output + (unit - first_unit) * 512, count * 512};

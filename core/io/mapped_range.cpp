@@ -18,7 +18,7 @@ namespace {
 
 // The live mappings that the SIGBUS handler checks, with the line it prints for each. A rewrite maps
 // the segments of at most three windows at a time (see run_step in rewrite_engine.cpp), and a 16 MiB
-// window has at most 16 long segments. A mapping that finds no free slot is not made, and the caller
+// window has at most 16 segments of 1 MiB or more. Larger windows may use up the slots. A mapping that finds no free slot is not made, and the caller
 // reads with pread.
 struct Slot {
     std::atomic<std::uintptr_t> begin{0};

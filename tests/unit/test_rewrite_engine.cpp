@@ -90,24 +90,33 @@ protected:
         return result;
     }
 
-    fs::path dir_;
-    std::vector<std::uint8_t> plaintext_;
-    std::vector<DataRun> runs_;
-    SecureBytes dek_;
+    // Returns options for 64 KiB windows that set `stop` at the first progress report of `stop_at`
+    // bytes or more. Both are read when the engine reports, so a test may change them between runs.
+    RewriteOptions stopping_options(std::atomic<bool>& stop, const std::uint64_t& stop_at)
+    {
+        RewriteOptions stopping = options(64 * kib);
+        stopping.stop_requested = &stop;
+        stopping.on_progress = [&stop, &stop_at](const Progress& p) {
+            if (p.bytes_done >= stop_at)
+                stop = true;
+        };
+        return stopping;
+    }
 
     // Starts an encrypt of `disk` in 64 KiB windows and stops it at the first window boundary after
     // `stop_at` bytes are rewritten.
     void encrypt_until_stopped(FileBackedDisk& disk, std::uint64_t stop_at)
     {
         std::atomic<bool> stop{false};
-        RewriteOptions stopping = options(64 * kib);
-        stopping.stop_requested = &stop;
-        stopping.on_progress = [&](const Progress& p) {
-            if (p.bytes_done >= stop_at)
-                stop = true;
-        };
+        RewriteOptions stopping = stopping_options(stop, stop_at);
         EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
     }
+
+    fs::path dir_;
+    std::vector<std::uint8_t> plaintext_;
+    std::vector<DataRun> runs_;
+    SecureBytes dek_;
+
 };
 
 TEST_F(RewriteEngineTest, EncryptThenDecryptRestoresData)
@@ -355,12 +364,7 @@ TEST_F(RewriteEngineTest, TornFirstWindowEntryFallsBackToStart)
     fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
     std::atomic<bool> stop{false};
     std::uint64_t stop_at = 0;
-    RewriteOptions stopping = options(64 * kib);
-    stopping.stop_requested = &stop;
-    stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= stop_at)
-            stop = true;
-    };
+    RewriteOptions stopping = stopping_options(stop, stop_at);
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
     const std::vector<std::uint8_t> with_placeholder = read_all(journal_path);
     ASSERT_EQ(Journal::open(journal_path, dek_).newest().sequence, 1u);
@@ -408,12 +412,7 @@ TEST_F(RewriteEngineTest, TornJournalEntryFallsBackToPrevious)
     fs::path journal_path = dir_ / "a.meta.vmcrypt-journal";
     std::atomic<bool> stop{false};
     std::uint64_t stop_at = 0;
-    RewriteOptions stopping = options(64 * kib);
-    stopping.stop_requested = &stop;
-    stopping.on_progress = [&](const Progress& p) {
-        if (p.bytes_done >= stop_at)
-            stop = true;
-    };
+    RewriteOptions stopping = stopping_options(stop, stop_at);
     EXPECT_THROW(RewriteEngine(disk, dek_, stopping).start(plan(disk, Operation::encrypt)), Interrupted);
     std::vector<std::uint8_t> before = read_all(journal_path);  // entry 1 in slot 1, the placeholder in slot 0
 
