@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The default window size: 4 MiB when every file of the disk is on tmpfs, 16 MiB on other file systems.
 # For each, an encrypt and a decrypt of a disk full of random data are killed at named points in the
-# window pipeline with the default window, inspect reports the journal's window size and the done
-# bytes, and the re-run finishes. Then qemu-img compare checks the guest data.
+# window pipeline with the default window. inspect must report the journal's window size and done bytes
+# at a window boundary, the re-run must finish, and qemu-img compare then checks the guest data.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -21,7 +21,7 @@ kill_and_resume() {
     local size done
     size=$(json_value "$TEST_TMP/inspect.json" windowSize)
     [[ $size == "$window" ]] || fail "expected a window size of $window in the journal of $disk, got $size"
-    # The window before the newest entry's may be partly written, so at most one window before it is done.
+    # The done bytes end where the window before the newest entry's begins.
     done=$(json_value "$TEST_TMP/inspect.json" bytesDone)
     ((done % window == 0)) || fail "expected bytesDone of $disk at a window boundary, got $done"
 
